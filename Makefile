@@ -1,0 +1,45 @@
+# The two commands: `make demo` and `make test`. Each builds .venv when it is missing or older than
+# pyproject.toml, so a fresh clone needs nothing but Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PKG := airflow_provider_gemini
+LINTED := $(PKG) $(wildcard tests dags bench)
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+demo: $(VENV)/.installed-base
+	@echo "make demo will start the local Gemini exchange with a seeded book, run the"
+	@echo "gemini_cancel_stale_orders DAG in 'airflow dags test' against it and print the book"
+	@echo "before and after. The example DAGs are not written yet."
+	@exit 1
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy --strict $(PKG)
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-bench
+	@echo "no benchmarks yet"; exit 1
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
