@@ -1,0 +1,3 @@
+"""Operators of the Gemini provider; import them from `airflow_provider_gemini.operators.cancel`."""
+
+from __future__ import annotations
