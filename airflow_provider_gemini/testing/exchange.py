@@ -409,6 +409,29 @@ class GeminiExchange:
             if self.api_key is None:
                 self.api_key, self.api_secret = api_key, api_secret
 
+    def airflow_connection(self, api_key: str | None = None) -> str:
+        """The JSON value of an `AIRFLOW_CONN_...` variable that points a GeminiHook at this exchange.
+
+        Uses `api_key` (default: the first key added); carries `nonce_mode` for time keys and the
+        first account for master keys. It holds the key's secret: keep it out of logs.
+        """
+        with self._lock:
+            key = self._keys.get(api_key or self.api_key or "")
+        if key is None:
+            raise ValueError("api_key: not registered with this exchange (add_key first)")
+        conn: dict[str, Any] = {
+            "conn_type": "gemini_exchange",
+            "login": key.api_key,
+            "password": key.secret.decode(),
+            "host": self.url,
+        }
+        extra = {"nonce_mode": "time"} if key.nonce_mode == "time" else {}
+        if key.is_master:
+            extra["account"] = key.accounts[0]
+        if extra:
+            conn["extra"] = extra
+        return json.dumps(conn)
+
     # ---- orders from Python ------------------------------------------------------------------------
 
     def place_order(
@@ -1171,11 +1194,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _connection_line(url: str, api_key: str, api_secret: str) -> str:
-    conn = {"conn_type": "gemini_exchange", "login": api_key, "password": api_secret, "host": url}
-    return f"export AIRFLOW_CONN_GEMINI_DEFAULT='{json.dumps(conn)}'"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGINT or SIGTERM; print the URL and an AIRFLOW_CONN_GEMINI_DEFAULT line first."""
     args = _parser().parse_args(argv)
@@ -1202,7 +1220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeded = ""
         limit = "off" if rate is None else f"{rate:g}/min, burst {args.burst}"
         print(f"Local Gemini exchange (test only) listening on {exchange.url} (rate limit {limit}{seeded})")
-        print(_connection_line(exchange.url, args.api_key, args.api_secret))
+        print(f"export AIRFLOW_CONN_GEMINI_DEFAULT='{exchange.airflow_connection()}'")
         print(f"Admin (unauthenticated): GET {exchange.url}/_admin/orders and {exchange.url}/_admin/journal")
         print("Stop with Ctrl-C.", flush=True)
         if args.ready_file:
