@@ -1,0 +1,164 @@
+"""
+### Cancel stale Gemini orders before the close
+
+Every weekday at **15:45 America/New_York**, fifteen minutes before the desk's **16:00** close, this DAG
+cancels the resting orders that are older than `max_age_minutes`, confirms each cancel with Gemini's own
+order status, and logs a table of what happened. Gemini trades around the clock: the "close" is your
+session's, not the exchange's; change `MARKET_TZ`, `CLOSE` and `RUN_AT` at the top of the file.
+The time zone is DST-aware, so the run stays at 15:45 New York time in summer and in winter.
+
+**Tasks**
+
+1. `cancel_stale_orders` (`GeminiCancelStaleOrdersOperator`): lists the live orders once, keeps those
+   older than `max_age_minutes` that match `symbols`, `side` and `client_order_id_prefix`, and cancels
+   them (at most `max_cancellations`; more than that fails the task rather than cancel an unexpected
+   number of orders). With `dry_run` it only reports what it would cancel.
+2. `ids_to_confirm` (short-circuit): the ids Gemini answered as cancelled. When there are none (nothing
+   was stale, or a dry run), the confirm step is **skipped**, not failed.
+3. `confirm_cancelled` (`GeminiOrderCancelledSensor`, read-only: `request_cancel=False`): polls
+   `/v1/order/status` until every id reads cancelled.
+4. `report`: logs a table (id, outcome, symbol, side, price, remaining, client order id) and returns the
+   counts. It runs when the confirm step was skipped (`trigger_rule="none_failed"`), and not when
+   anything before it failed, so a failed cancel or confirm fails the DAG run.
+
+**Params** (the trigger form): `max_age_minutes`, `symbols` (empty: every symbol), `side` (empty: both),
+`client_order_id_prefix` (empty: any order, including those placed in the web UI), `dry_run`,
+`max_cancellations`.
+
+**Connection** `gemini_default` (type *Gemini Exchange*): the API key needs the Trader role.
+Transient errors (timeouts, 429, 5xx) are retried inside the client and then by Airflow
+(`retries=2`); auth, role and validation errors fail at once, without retries.
+With many workers sharing one key, throttle them with a pool (`airflow pools set gemini 1 "one key"`)
+and add `pool="gemini"` to the tasks; this file does not, so it runs where that pool does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, task
+
+from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
+from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
+
+MARKET_TZ = "America/New_York"
+"""The market whose close the sweep runs ahead of; pendulum follows its DST changes."""
+CLOSE = "16:00"
+"""The session close, local time."""
+RUN_AT = "15:45"
+"""When the sweep runs: 15 minutes before CLOSE leaves room for retries and the confirm step."""
+
+_RUN_HOUR, _RUN_MINUTE = (int(part) for part in RUN_AT.split(":"))
+GEMINI_CONN_ID = "gemini_default"
+
+log = logging.getLogger(__name__)
+
+with DAG(
+    dag_id="gemini_cancel_stale_orders",
+    description=f"Cancel orders older than max_age_minutes at {RUN_AT} {MARKET_TZ}, before the {CLOSE} close",
+    schedule=CronTriggerTimetable(
+        f"{_RUN_MINUTE} {_RUN_HOUR} * * 1-5", timezone=pendulum.timezone(MARKET_TZ)
+    ),
+    start_date=pendulum.datetime(2025, 1, 1, tz=MARKET_TZ),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["gemini", "trading", "cancel"],
+    render_template_as_native_obj=True,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=3),
+        "execution_timeout": timedelta(minutes=10),
+    },
+    params={
+        "max_age_minutes": Param(
+            60,
+            type="integer",
+            minimum=1,
+            title="Max age (minutes)",
+            description="Cancel orders older than this.",
+        ),
+        "symbols": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Symbols",
+            description="Only these symbols, e.g. btcusd (empty: every symbol).",
+        ),
+        "side": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "buy", "sell"],
+            title="Side",
+            description="Empty: both.",
+        ),
+        "client_order_id_prefix": Param(
+            None,
+            type=["null", "string"],
+            title="Client order id prefix",
+            description="Only orders whose client_order_id starts with this (empty: any order).",
+        ),
+        "dry_run": Param(False, type="boolean", title="Dry run", description="Report, cancel nothing."),
+        "max_cancellations": Param(
+            500,
+            type="integer",
+            minimum=1,
+            title="Max cancellations",
+            description="Fail instead of cancelling more orders than this.",
+        ),
+    },
+) as dag:
+    cancel_stale = GeminiCancelStaleOrdersOperator(
+        task_id="cancel_stale_orders",
+        gemini_conn_id=GEMINI_CONN_ID,
+        max_age="{{ params.max_age_minutes * 60 }}",
+        symbols="{{ params.symbols or None }}",
+        side="{{ params.side }}",
+        client_order_id_prefix="{{ params.client_order_id_prefix }}",
+        dry_run="{{ params.dry_run }}",
+        max_cancellations="{{ params.max_cancellations }}",
+    )
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def ids_to_confirm(result: dict[str, Any]) -> list[str]:
+        """The ids Gemini answered as cancelled; an empty list skips the confirm step (and only it)."""
+        return list(result["cancelled"])
+
+    confirm_ids = ids_to_confirm(cancel_stale.output)
+
+    confirm_cancelled = GeminiOrderCancelledSensor(
+        task_id="confirm_cancelled",
+        gemini_conn_id=GEMINI_CONN_ID,
+        order_id=confirm_ids,
+        request_cancel=False,
+        poke_interval=5,
+        timeout=300,
+    )
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def report(result: dict[str, Any]) -> dict[str, Any]:
+        """Log what happened to each order as a table; return the counts and ids (no secrets in either).
+
+        Every id in `cancelled` was confirmed: had the sensor failed, this task would not run. It takes
+        no input from `ids_to_confirm`, since a short-circuit skips its direct downstream tasks.
+        """
+        from airflow_provider_gemini.models import CancelReport
+
+        sweep = CancelReport.from_dict(result)
+        counts = sweep.counts()
+        log.info("Stale-order sweep: %s\n%s", sweep.summary_line(), sweep.format_table())
+        return {
+            "counts": counts,
+            "confirmed": counts["cancelled"],
+            "cancelled": sweep.cancelled,
+            "dry_run": sweep.dry_run,
+            "stats": sweep.stats,
+        }
+
+    report_task = report(cancel_stale.output)
+    confirm_cancelled >> report_task
