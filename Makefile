@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PKG := airflow_provider_gemini
-LINTED := $(PKG) $(wildcard tests dags bench)
+LINTED := $(PKG) $(wildcard tests dags bench scripts)
 
 .PHONY: demo test lint bench clean
 
@@ -24,11 +24,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
+# GEMINI_CONN='<connection JSON>' runs the DAG against that account instead, dry run unless
+# GEMINI_DEMO_DRY_RUN=0 (command-line variables reach the script's environment).
 demo: $(VENV)/.installed-base
-	@echo "make demo will start the local Gemini exchange with a seeded book, run the"
-	@echo "gemini_cancel_stale_orders DAG in 'airflow dags test' against it and print the book"
-	@echo "before and after. The example DAGs are not written yet."
-	@exit 1
+	$(BIN)/python scripts/demo.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check $(LINTED)
