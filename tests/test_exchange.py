@@ -352,7 +352,7 @@ def test_status_by_client_order_id_and_active_orders(trader: Trader, ex: GeminiE
 
 
 def test_require_heartbeat_cancels_the_silent_sessions_orders(gemini_exchange_factory: Factory) -> None:
-    exchange = gemini_exchange_factory(rate_limit_per_minute=None, heartbeat_timeout=0.6)
+    exchange = gemini_exchange_factory(rate_limit_per_minute=None, heartbeat_timeout=1.0)
     exchange.add_key("account-hb", "hsecret", require_heartbeat=True)
     client = Trader(exchange.url, "account-hb", "hsecret")
     watched = exchange.place_order("account-hb")["order_id"]

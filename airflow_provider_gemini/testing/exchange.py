@@ -295,6 +295,7 @@ class GeminiExchange:
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._next_id = first_order_id
         self._closed_markets: set[str] = set()
+        self._reject_cancels: set[int] = set()
         self._maintenance = False
         self._maintenance_until = 0.0
         self._faults: list[_Fault] = []
@@ -574,6 +575,11 @@ class GeminiExchange:
         with self._lock:
             self._closed_markets.discard(symbol.lower())
 
+    def reject_cancels(self, *order_ids: int | str) -> None:
+        """cancel/all and cancel/session leave these orders live and list them under `cancelRejects`."""
+        with self._lock:
+            self._reject_cancels.update(self._get(order_id).order_id for order_id in order_ids)
+
     # ---- faults ----------------------------------------------------------------------------------
 
     def inject_fault(
@@ -810,7 +816,7 @@ class GeminiExchange:
 
     def _ep_status(self, key: _Key, account: str | None, p: dict[str, Any]) -> dict[str, Any]:
         return self._find(account, p, allow_client_id=True).status(
-            include_trades=bool(p.get("include_trades"))
+            include_trades=p.get("include_trades") in (True, "true", "True")
         )
 
     def _ep_orders(self, key: _Key, account: str | None, p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -868,12 +874,15 @@ class GeminiExchange:
         order.reason = reason
 
     def _cancel_where(self, match: Callable[[_Order], bool]) -> dict[str, Any]:
-        cancelled = []
+        cancelled, rejected = [], []
         for order in self._orders.values():
             if order.is_live and match(order):
+                if order.order_id in self._reject_cancels:
+                    rejected.append(order.order_id)
+                    continue
                 self._cancel(order, "Requested")
                 cancelled.append(order.order_id)
-        return {"result": "ok", "details": {"cancelledOrders": cancelled, "cancelRejects": []}}
+        return {"result": "ok", "details": {"cancelledOrders": cancelled, "cancelRejects": rejected}}
 
     def _new_order(
         self,
@@ -1050,6 +1059,11 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet for connections the client (or stop()) closed; a traceback for anything else."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
     def track(self, conn: socket.socket, open_: bool) -> None:
         with self._conn_lock:
             if open_:
@@ -1092,6 +1106,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """A lean HTTP/1.x parser: headers into a plain dict (the email parser is most of the cost)."""
+        self.command, self.request_version = "", "HTTP/1.1"
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = self.requestline.split()
         if len(words) != 3 or not words[2].startswith("HTTP/1."):
