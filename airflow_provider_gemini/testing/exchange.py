@@ -43,6 +43,7 @@ import socketserver
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -723,6 +724,9 @@ class GeminiExchange:
                 exc.status, _error_body(exc.reason, exc.message), headers=exc.headers, reason=exc.reason
             )
             return answer, api_key, decoded
+        except Exception:  # a bug in the exchange: answer like Gemini's 500 and show the traceback
+            traceback.print_exc()
+            return _Answer(500, _error_body("System", "Internal error"), reason="System"), api_key, decoded
 
     def _in_maintenance(self) -> bool:
         return self._maintenance or (
@@ -1226,7 +1230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exchange.add_key(
         args.api_key, args.api_secret, nonce_mode=args.nonce_mode, require_heartbeat=args.require_heartbeat
     )
-    with exchange:
+    try:
+        exchange.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
         if args.seed == "demo":
             book = exchange.place_demo_book(args.api_key)
             live = sum(1 for o in book if o["is_live"])
@@ -1245,6 +1254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.replace(tmp, args.ready_file)
         while not stop.wait(0.1):
             pass
+    finally:
+        exchange.stop()
     print("Local Gemini exchange stopped.", flush=True)
     return 0
 
