@@ -56,7 +56,12 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
         "'hook': pm.hooks['gemini_exchange'].hook_class_name}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=airflow_home, capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        env=airflow_home,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["version"] == airflow_provider_gemini.__version__
@@ -67,7 +72,8 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
         "host": "Base URL (optional)",
     }
     assert found["widgets"] == [
-        f"extra__gemini_exchange__{name}" for name in sorted(["account", "environment", "nonce_mode", "timeout"])
+        f"extra__gemini_exchange__{name}"
+        for name in sorted(["account", "environment", "nonce_mode", "timeout"])
     ]
 
 
