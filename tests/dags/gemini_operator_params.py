@@ -1,0 +1,40 @@
+"""A DAG for tests/test_operators_dags_test.py: the cancel operators fed from rendered params."""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_gemini.operators.cancel import (
+    GeminiCancelOrderOperator,
+    GeminiCancelStaleOrdersOperator,
+)
+
+with DAG(
+    dag_id="gemini_operator_params",
+    schedule=None,
+    params={
+        "order_ids": Param([], type="array"),
+        "dry_run": Param(False, type="boolean"),
+        "max_age": Param(3600, type="number"),
+        "symbols": Param(None, type=["null", "string", "array"]),
+        "side": Param(None, type=["null", "string"]),
+        "prefix": Param(None, type=["null", "string"]),
+        "cap": Param(None, type=["null", "integer"]),
+    },
+):
+    cancel_ids = GeminiCancelOrderOperator(
+        task_id="cancel_ids",
+        order_id="{{ params.order_ids }}",
+        dry_run="{{ params.dry_run }}",
+    )
+    cancel_stale = GeminiCancelStaleOrdersOperator(
+        task_id="cancel_stale",
+        max_age="{{ params.max_age }}",
+        symbols="{{ params.symbols }}",
+        side="{{ params.side }}",
+        client_order_id_prefix="{{ params.prefix }}",
+        dry_run="{{ params.dry_run }}",
+        max_cancellations="{{ params.cap }}",
+        trigger_rule="all_done",
+    )
+    cancel_ids >> cancel_stale
