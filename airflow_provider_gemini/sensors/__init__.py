@@ -1,0 +1,1 @@
+"""Sensors: wait on the Gemini exchange until orders are really gone."""

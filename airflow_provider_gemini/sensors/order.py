@@ -1,0 +1,264 @@
+"""GeminiOrderCancelledSensor: wait until orders are really gone, cancelling them on the way if asked.
+
+Only airflow.sdk (and the config) is imported here, so a DAG file that uses the sensor stays cheap to
+parse; the hook, the client and the trigger are imported when a poke runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.configuration import conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_gemini.client import GeminiClient
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+    from airflow_provider_gemini.triggers.order import OrderWatch
+
+_NONE_TEXTS = frozenset({"None", "none", "null"})
+
+STATE_KEY = "gemini_order_cancelled_sensor"
+"""The task_state_store key that carries settled orders from one rescheduled poke to the next."""
+
+
+def _looks_templated(value: object) -> bool:
+    """True when `value` is only known after rendering (Jinja text, an XComArg, a list holding one)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, list | tuple):
+        return any(_looks_templated(item) for item in value)
+    return not isinstance(value, int)
+
+
+def _check_account(account: object) -> str | None:
+    """None (the connection's account), also as a template renders it ("None", "null"), or a nickname."""
+    if account is None or (isinstance(account, str) and account.strip() in _NONE_TEXTS):
+        return None
+    if not isinstance(account, str) or not account.strip():
+        raise ValueError(f"account: expected an account nickname or None, got {account!r}")
+    return account.strip()
+
+
+class GeminiOrderCancelledSensor(BaseSensorOperator):
+    """Succeed once every order in `order_id` is cancelled; push the cancel operators' report to XCom.
+
+    :param order_id: one order id or a list of them (ints, digit strings, or the text of a list, as a
+        Jinja template renders it). Templated.
+    :param request_cancel: while an order is live, send its (idempotent) cancel at each poke.
+    :param accept_filled: an order that filled instead counts as done (listed under "filled") rather
+        than failing the task.
+    :param gemini_conn_id: the Gemini connection.
+    :param account: account nickname (master keys); None uses the connection's. Templated.
+    :param deferrable: send the cancels on the worker, then wait in the triggerer
+        (GeminiOrderStatusTrigger). Defaults to ``[operators] default_deferrable``.
+
+    ``poke_interval``, ``timeout``, ``mode``, ``soft_fail``, ``exponential_backoff`` and the rest are
+    BaseSensorOperator's. Transient exchange errors (maintenance, 5xx, rate limits, a closed market)
+    make a poke return "not yet"; an unknown id, an unaccepted fill or a refused request (bad key,
+    missing role) fail the task without retries (skipped instead under ``soft_fail``).
+    """
+
+    template_fields: Sequence[str] = ("order_id", "account")
+    ui_color = "#d7f0e6"
+
+    def __init__(
+        self,
+        *,
+        order_id: Any,
+        request_cancel: bool = True,
+        accept_filled: bool = False,
+        gemini_conn_id: str = "gemini_default",
+        account: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from airflow_provider_gemini.models import parse_order_ids
+
+        if not _looks_templated(order_id):
+            parse_order_ids(order_id, "order_id")
+        for name, flag in (
+            ("request_cancel", request_cancel),
+            ("accept_filled", accept_filled),
+            ("deferrable", deferrable),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: expected True or False, got {flag!r}")
+        if not isinstance(gemini_conn_id, str) or not gemini_conn_id.strip():
+            raise ValueError(f"gemini_conn_id: expected a connection id, got {gemini_conn_id!r}")
+        if account is None or not _looks_templated(account):
+            _check_account(account)
+        self.order_id = order_id
+        self.request_cancel = request_cancel
+        self.accept_filled = accept_filled
+        self.gemini_conn_id = gemini_conn_id
+        self.account = account
+        self.deferrable = deferrable
+        self._watch: OrderWatch | None = None
+        self._hook: GeminiHook | None = None
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _load_watch(self, context: Context) -> OrderWatch:
+        """This instance's watch; in reschedule mode, carried on from the task_state_store."""
+        from airflow_provider_gemini.models import parse_order_ids
+        from airflow_provider_gemini.triggers.order import OrderWatch
+
+        try:
+            order_ids = parse_order_ids(self.order_id, "order_id")
+            account = _check_account(self.account)
+        except ValueError as err:
+            raise AirflowFailException(f"{err} (after rendering)") from None
+        if self._watch is not None and self._watch.order_ids == order_ids:
+            return self._watch
+        state = None
+        store = context.get("task_state_store") if self.reschedule else None
+        if store is not None:
+            stored = store.get(STATE_KEY)
+            if isinstance(stored, dict) and stored.get("order_ids") == [str(oid) for oid in order_ids]:
+                state = stored
+                if stored.get("try_number") != context["ti"].try_number:
+                    state = {"report": stored.get("report"), "cancel_sent": stored.get("cancel_sent")}
+        self._watch = OrderWatch.from_state(
+            order_ids, accept_filled=self.accept_filled, account=account, state=state
+        )
+        if state is not None:
+            self.log.info(
+                "Carrying on from earlier pokes: %d of %d order(s) settled",
+                len(order_ids) - len(self._watch.pending()),
+                len(order_ids),
+            )
+        return self._watch
+
+    def _save_watch(self, context: Context, watch: OrderWatch) -> None:
+        store = context.get("task_state_store") if self.reschedule else None
+        if store is None:
+            return
+        state = watch.to_state()
+        state["order_ids"] = [str(oid) for oid in watch.order_ids]
+        state["try_number"] = context["ti"].try_number
+        store.set(STATE_KEY, state)
+
+    def _client(self) -> GeminiClient:
+        if self._hook is None:
+            from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+            self._hook = GeminiHook(gemini_conn_id=self.gemini_conn_id)
+        client: GeminiClient = self._hook.get_client()
+        return client
+
+    # -- poke ----------------------------------------------------------------------------------------
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        """One look at the pending orders (plus their cancels); defers afterwards when deferrable."""
+        watch = self._load_watch(context)
+        client = self._client()
+        result = watch.poll(client, request_cancel=self.request_cancel, log=self.log)
+        self._save_watch(context, watch)
+        if result.fatal:
+            client.close()
+            self._push_report(context, watch.final_report())
+            raise AirflowFailException(result.fatal)
+        if result.transient:
+            self.log.warning("Exchange not answering (%s); trying again at the next poke", result.transient)
+        if result.done:
+            client.close()
+            return self._done(watch)
+        pending = watch.pending()
+        self.log.info(
+            "%d of %d order(s) not cancelled yet (%d seen live)",
+            len(pending),
+            len(watch.order_ids),
+            result.live,
+        )
+        if self.deferrable:
+            client.close()
+            self._defer(watch)
+        return PokeReturnValue(is_done=False)
+
+    def _push_report(self, context: Context, report: dict[str, Any]) -> None:
+        """Before failing, push the report as the cancel operators do, so a partial result is kept."""
+        if self.do_xcom_push:
+            context["ti"].xcom_push(key="return_value", value=report)
+
+    def _done(self, watch: OrderWatch) -> PokeReturnValue:
+        from airflow_provider_gemini.models import CancelReport
+
+        report = watch.final_report()
+        self.log.info(
+            "All %d order(s) gone: %s", len(watch.order_ids), CancelReport.from_dict(report).summary_line()
+        )
+        return PokeReturnValue(is_done=True, xcom_value=report)
+
+    # -- deferrable ----------------------------------------------------------------------------------
+
+    def _defer(self, watch: OrderWatch) -> None:
+        from airflow_provider_gemini.triggers.order import GeminiOrderStatusTrigger
+
+        end_time = watch.started_at + self.timeout
+        remaining = end_time - time.time()
+        if remaining <= 0:
+            raise AirflowSensorTimeout(
+                f"Sensor has timed out: {len(watch.pending())} order(s) still not cancelled after "
+                f"{self.timeout:g} s"
+            )
+        state = watch.to_state()
+        trigger = GeminiOrderStatusTrigger(
+            order_ids=[str(oid) for oid in watch.order_ids],
+            gemini_conn_id=self.gemini_conn_id,
+            account=watch.account,
+            poll_interval=self.poke_interval,
+            end_time=end_time,
+            accept_filled=self.accept_filled,
+            return_on_live=self.request_cancel,
+            report=state["report"],
+            cancel_sent=state["cancel_sent"],
+            started_at=watch.started_at,
+        )
+        self.log.info(
+            "Deferring to GeminiOrderStatusTrigger: %d order(s) pending, polled every %g s for up to %.0f s",
+            len(watch.pending()),
+            self.poke_interval,
+            remaining,
+        )
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=remaining))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume from the trigger: return the report, send owed cancels and wait again, or fail."""
+        from airflow_provider_gemini.models import parse_order_ids
+        from airflow_provider_gemini.triggers.order import OrderWatch
+
+        if not isinstance(event, dict):
+            raise AirflowFailException(f"GeminiOrderStatusTrigger sent no usable event: {event!r}")
+        status = event.get("status")
+        message = event.get("message")
+        self.log.info("Resumed from GeminiOrderStatusTrigger: status=%s", status)
+        state = dict(event.get("state") or {})
+        state["report"] = event.get("report") or {}
+        self._watch = OrderWatch.from_state(
+            parse_order_ids(self.order_id, "order_id"),
+            accept_filled=self.accept_filled,
+            account=_check_account(self.account),
+            state=state,
+        )
+        if status == "success":
+            return self._done(self._watch).xcom_value
+        if status == "cancel_needed":
+            self.log.info("%s", message)
+            result = self.poke(context)
+            if not result.is_done:
+                raise AirflowFailException(
+                    "orders still pending after the owed cancels; nothing to wait with"
+                )
+            return result.xcom_value
+        self._push_report(context, self._watch.final_report())
+        if status == "timeout":
+            raise AirflowSensorTimeout(f"Sensor has timed out: {message}")
+        raise AirflowFailException(message or f"GeminiOrderStatusTrigger failed (status {status!r})")
