@@ -1,0 +1,369 @@
+"""GeminiClient: signed private requests over one keep-alive session, paced and retried. No Airflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+
+from airflow_provider_gemini import __version__
+from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
+from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
+from airflow_provider_gemini.models import CancelAllResult, Order, Roles, parse_order_id
+
+__all__ = ["CancelAllResult", "ClientStats", "GeminiClient", "RateLimiter", "decode_json"]
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_URL = "https://api.gemini.com"
+SANDBOX_URL = "https://api.sandbox.gemini.com"
+
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 8.0
+MAX_RETRY_AFTER_SECONDS = 60.0
+NONCE_RETRY_SECONDS = (0.01, 0.1)
+RATE_SAFETY_MARGIN = 0.015
+_UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Decode JSON keeping integers exact at any size and fractions as Decimal (no float rounding)."""
+    if isinstance(raw, bytes | bytearray):
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    return _DECODER.decode(raw)
+
+
+@dataclass
+class ClientStats:
+    """What a client sent: HTTP attempts, retries, and retries by the error kind that caused them."""
+
+    requests: int = 0
+    retries: int = 0
+    retries_by_kind: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def count_retry(self, kind: str) -> None:
+        with self._lock:
+            self.retries += 1
+            self.retries_by_kind[kind] = self.retries_by_kind.get(kind, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "retries": self.retries,
+                "retries_by_kind": dict(self.retries_by_kind),
+            }
+
+
+class RateLimiter:
+    """A thread-safe token bucket: `burst` requests at once, then `per_minute` a minute.
+
+    It paces slightly under the nominal rate (RATE_SAFETY_MARGIN) so that a client alone on a key
+    practically never meets a 429 from Gemini's own bucket of the same size.
+    """
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
+        self.capacity = float(burst)
+        self._tokens = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds slept."""
+        with self._lock:
+            now = time.monotonic()
+            tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1.0
+            self._tokens = tokens
+            self._stamp = now
+        if tokens >= 0.0:
+            return 0.0
+        wait = -tokens / self.rate
+        time.sleep(wait)
+        return wait
+
+
+_limiters: dict[tuple[str, float, int], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def _shared_limiter(api_key: str, per_minute: float, burst: int) -> RateLimiter:
+    """One limiter per key and setting in a process: Gemini counts requests per key, not per client."""
+    with _limiters_lock:
+        limiter = _limiters.get((api_key, per_minute, burst))
+        if limiter is None:
+            limiter = _limiters[(api_key, per_minute, burst)] = RateLimiter(per_minute, burst)
+        return limiter
+
+
+def _masked(api_key: str) -> str:
+    prefix, dash, _ = api_key.partition("-")
+    return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
+
+
+def _check_base_url(base_url: str) -> str:
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"base_url: not a valid URL: {base_url!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"base_url: expected http(s)://host[:port], got {base_url!r}")
+    return base_url.rstrip("/")
+
+
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+class GeminiClient:
+    """A client for Gemini's private REST API, usable with or without Airflow.
+
+    Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
+    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
+    `max_attempts` attempts in all; other errors raise at once.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        base_url: str = PRODUCTION_URL,
+        account: str | None = None,
+        nonce_mode: str = "counter",
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        rate_limit_per_minute: float | None = 600,
+        burst: int = 5,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip() or api_key != api_key.strip():
+            raise ValueError("api_key: expected a non-empty key without surrounding whitespace")
+        if not isinstance(api_secret, str) or not api_secret:
+            raise ValueError("api_secret: expected a non-empty string")
+        if nonce_mode not in NONCE_MODES:
+            raise ValueError(f"nonce_mode: expected 'counter' or 'time', got {nonce_mode!r}")
+        if account is not None and (not isinstance(account, str) or not account.strip()):
+            raise ValueError(f"account: expected a non-empty account nickname or None, got {account!r}")
+        self.base_url = _check_base_url(base_url)
+        self.account = account
+        self.nonce_mode = nonce_mode
+        self.timeout = _positive(timeout, "timeout")
+        self.max_attempts = _positive_int(max_attempts, "max_attempts")
+        burst = _positive_int(burst, "burst")
+        self._limiter = (
+            None
+            if rate_limit_per_minute is None
+            else _shared_limiter(api_key, _positive(rate_limit_per_minute, "rate_limit_per_minute"), burst)
+        )
+        self._api_key = api_key
+        self._secret = api_secret.encode()
+        self._is_master = api_key.startswith("master-")
+        self._nonce = nonce_source(nonce_mode, api_key)
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+        self.stats = ClientStats()
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            retry=self._should_retry,
+            wait=self._wait_seconds,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"GeminiClient(base_url={self.base_url!r}, api_key={_masked(self._api_key)!r})"
+
+    def __enter__(self) -> GeminiClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session (its pooled connections); the client reopens one if used again."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _open_session(self) -> requests.Session:
+        with self._session_lock:
+            if self._session is None:
+                session = requests.Session()
+                session.headers["User-Agent"] = f"airflow-provider-gemini/{__version__}"
+                # Read the proxy and CA-bundle variables once, not on every request (requests scans the
+                # whole environment per call otherwise); netrc is never wanted for signed requests.
+                settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
+                session.trust_env = False
+                session.proxies.update(settings["proxies"])
+                session.verify = settings["verify"]
+                self._session = session
+            return self._session
+
+    def _attempt(self, path: str, fields: Mapping[str, Any]) -> Any:
+        if self._limiter is not None:
+            self._limiter.acquire()
+        headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
+        session = self._session or self._open_session()
+        self.stats.count_request()
+        try:
+            response = session.post(
+                self.base_url + path, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
+        except requests.Timeout as exc:
+            raise ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout") from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            message = f"{path}: connection to {self.base_url} failed ({type(exc).__name__})"
+            raise ServiceError(message, reason="ConnectionError") from exc
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise error_from_response(status, response.headers, response.content)
+        try:
+            return decode_json(response.content)
+        except ValueError:
+            raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+
+    def _should_retry(self, state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if not isinstance(exc, GeminiError) or not exc.retryable:
+            return False
+        if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_SECONDS:
+            return False
+        if str(state.args[0]).startswith(_UNSAFE_TO_REPEAT):
+            # Placing or withdrawing twice is worse than failing: repeat only what Gemini refused unread.
+            return exc.status == 429 or exc.kind == "invalid_nonce"
+        return True
+
+    def _wait_seconds(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, GeminiError):
+            if exc.kind == "invalid_nonce":
+                if self.nonce_mode == "time":
+                    return 1.0 - time.time() % 1.0 + random.uniform(*NONCE_RETRY_SECONDS)
+                return random.uniform(*NONCE_RETRY_SECONDS)
+            if exc.retry_after is not None:
+                return exc.retry_after + random.uniform(0.0, min(0.25, exc.retry_after * 0.1))
+        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        kind = exc.kind if isinstance(exc, GeminiError) else "unknown"
+        self.stats.count_retry(kind)
+        sleep = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "Gemini %s failed (%s); attempt %d of %d in %.2f s",
+            state.args[0],
+            exc,
+            state.attempt_number + 1,
+            self.max_attempts,
+            sleep,
+        )
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    def private(self, path: str, **fields: Any) -> Any:
+        """POST a signed private request and return its decoded JSON answer (fields sent as given)."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path: expected an endpoint path such as '/v1/orders', got {path!r}")
+        return self._retrying(self._attempt, path, fields)
+
+    def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
+        chosen = self.account if account is None else account
+        if chosen is None:
+            if self._is_master:
+                raise ValueError(
+                    "account: a master API key must name the account (its nickname) on every order "
+                    "request; pass account= or set it on the connection"
+                )
+            return fields
+        if not isinstance(chosen, str) or not chosen.strip():
+            raise ValueError(f"account: expected a non-empty account nickname, got {chosen!r}")
+        fields["account"] = chosen
+        return fields
+
+    def cancel_order(self, order_id: int | str, account: str | None = None) -> Order:
+        """Cancel one order; cancelling an already-cancelled order succeeds with no effect."""
+        fields = self._with_account({"order_id": parse_order_id(order_id)}, account)
+        return Order.from_status(self.private("/v1/order/cancel", **fields))
+
+    def cancel_all_orders(self, account: str | None = None) -> CancelAllResult:
+        """Cancel every order of the account, including ones placed in the web UI or by other keys."""
+        data = self.private("/v1/order/cancel/all", **self._with_account({}, account))
+        return CancelAllResult.from_response(data)
+
+    def cancel_session_orders(self, account: str | None = None) -> CancelAllResult:
+        """Cancel the orders this key's session placed."""
+        data = self.private("/v1/order/cancel/session", **self._with_account({}, account))
+        return CancelAllResult.from_response(data)
+
+    def order_status(
+        self,
+        order_id: int | str | None = None,
+        client_order_id: str | None = None,
+        include_trades: bool = False,
+        account: str | None = None,
+    ) -> Order:
+        """The status of one order, by order_id or by client_order_id (exactly one of them)."""
+        if (order_id is None) == (client_order_id is None):
+            raise ValueError("order_status: give exactly one of order_id and client_order_id")
+        fields: dict[str, Any]
+        if order_id is not None:
+            fields = {"order_id": parse_order_id(order_id)}
+        elif isinstance(client_order_id, str) and client_order_id.strip():
+            fields = {"client_order_id": client_order_id}
+        else:
+            raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
+        if include_trades:
+            fields["include_trades"] = True
+        return Order.from_status(self.private("/v1/order/status", **self._with_account(fields, account)))
+
+    def active_orders(self, account: str | None = None) -> list[Order]:
+        """The account's live orders."""
+        data = self.private("/v1/orders", **self._with_account({}, account))
+        if not isinstance(data, list):
+            raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
+        return [Order.from_status(item) for item in data]
+
+    def heartbeat(self) -> dict[str, Any]:
+        """Keep a Require-Heartbeat session alive (its orders are cancelled after 30 s of silence)."""
+        data = self.private("/v1/heartbeat")
+        return dict(data) if isinstance(data, Mapping) else {"result": data}
+
+    def roles(self) -> Roles:
+        """The key's roles: a safe call for a connection test."""
+        return Roles.from_response(self.private("/v1/roles"))
