@@ -1,0 +1,95 @@
+"""A hung exchange (accepts the connection, never answers) makes a cancel fail, not hang.
+
+The proof is the attempt count: the raw server counts the connections it accepted, and a client that
+gives up on each attempt after `timeout` and retries `max_attempts` times opens exactly that many.
+pytest-timeout catches a hang; no assertion is made on elapsed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_gemini.client import GeminiClient
+from airflow_provider_gemini.exceptions import ServiceError
+
+API_KEY = "account-reliability-timeouts"
+API_SECRET = "timeouts-secret-91c4"
+
+
+class HungServer:
+    """A TCP server on 127.0.0.1 that accepts every connection, reads nothing and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="hung-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._held.append(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        with self._lock:
+            for conn in self._held:
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+
+@pytest.fixture
+def hung_server() -> Iterator[HungServer]:
+    server = HungServer()
+    yield server
+    server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_cancel_against_a_hung_exchange_times_out_after_every_attempt(
+    hung_server: HungServer, max_attempts: int
+) -> None:
+    client = GeminiClient(
+        API_KEY,
+        API_SECRET,
+        base_url=hung_server.url,
+        timeout=0.3,
+        max_attempts=max_attempts,
+        rate_limit_per_minute=None,
+    )
+    with client, pytest.raises(ServiceError) as caught:
+        client.cancel_order(9007199254740993)
+    error = caught.value
+    assert (error.kind, error.reason, error.status) == ("service_error", "Timeout", None)
+    assert error.retryable
+    assert "/v1/order/cancel" in str(error) and "0.3 s" in str(error)
+    assert hung_server.accepted == max_attempts
+    assert client.stats.requests == max_attempts
+    assert client.stats.retries_by_kind == ({"service_error": max_attempts - 1} if max_attempts > 1 else {})
