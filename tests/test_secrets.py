@@ -1,0 +1,271 @@
+"""No secret, signature, payload header or full API key in anything a user or a log collector sees.
+
+Two halves:
+- every error the client can raise (each produced through the local exchange or a dead port), its
+  str, repr, args and the str of its whole __cause__/__context__ chain, and the reprs of the client
+  and the hook;
+- the example DAGs run in `airflow dags test` at DEBUG with a recognisable key and secret: their
+  output, every file under AIRFLOW_HOME/logs, the XComs and the rendered template fields.
+
+What is searched for is rebuilt from the exchange's journal: for every request it received, the
+base64 payload header the client sent and its HMAC-SHA384 signature; plus the secret, the full key,
+and the base64 text every payload header starts with (`{"request` encodes to `eyJyZXF1ZXN0`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import socket
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_gemini.auth import build_private_headers
+from airflow_provider_gemini.client import GeminiClient
+from airflow_provider_gemini.exceptions import GeminiError
+from airflow_provider_gemini.testing.exchange import GeminiExchange, JournalEntry
+
+CANARY_KEY = "account-KEYcanary-3b8e1d"
+CANARY_SECRET = "SECRET-canary-7f3a9c"
+PAYLOAD_PREFIX = base64.b64encode(b'{"request').decode()[:12]  # "eyJyZXF1ZXN0": every payload header
+CANCEL = "/v1/order/cancel"
+
+
+def payload_header(payload: Mapping[str, Any]) -> str:
+    """The X-GEMINI-PAYLOAD value of a journalled payload: compact JSON in the order it was sent."""
+    return base64.b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def forbidden(
+    journal: Iterable[JournalEntry], secrets: Iterable[str], api_keys: Iterable[str]
+) -> dict[str, str]:
+    """label -> text that must appear nowhere: secrets, full keys, and every payload and signature sent."""
+    secrets = list(secrets)
+    needles = {f"secret {i}": secret for i, secret in enumerate(secrets)}
+    needles.update({f"api key {key}": key for key in api_keys})
+    needles["payload header prefix"] = PAYLOAD_PREFIX
+    for n, entry in enumerate(journal):
+        if not entry.payload:
+            continue
+        header = payload_header(entry.payload)
+        needles[f"payload #{n} {entry.path}"] = header
+        for i, secret in enumerate(secrets):
+            signature = hmac.new(secret.encode(), header.encode(), hashlib.sha384).hexdigest()
+            needles[f"signature #{n} {entry.path} (secret {i})"] = signature
+    return needles
+
+
+def leaks(text: str, needles: Mapping[str, str]) -> list[str]:
+    return [label for label, needle in needles.items() if needle in text]
+
+
+def test_rebuilt_payload_header_is_the_one_the_client_sends(gemini_exchange: GeminiExchange) -> None:
+    """The search below is only as good as the rebuilt header: check it against the signer."""
+    client = GeminiClient(
+        gemini_exchange.api_key or "", gemini_exchange.api_secret or "", base_url=gemini_exchange.url
+    )
+    order_id = int(gemini_exchange.place_order(gemini_exchange.api_key)["order_id"])
+    with client:
+        client.cancel_order(order_id)
+    (entry,) = gemini_exchange.journal
+    fields = {k: v for k, v in entry.payload.items() if k not in ("request", "nonce")}
+    sent = build_private_headers(
+        gemini_exchange.api_key or "", gemini_exchange.api_secret or "", CANCEL, entry.nonce, fields
+    )
+    assert payload_header(entry.payload) == sent["X-GEMINI-PAYLOAD"]
+    assert sent["X-GEMINI-PAYLOAD"].startswith(PAYLOAD_PREFIX)
+    needles = forbidden([entry], [gemini_exchange.api_secret or ""], [])
+    assert sent["X-GEMINI-SIGNATURE"] in needles.values()
+
+
+# --- every error the client raises ---------------------------------------------------------------------
+
+
+def error_texts(error: BaseException) -> str:
+    """Everything an error shows: str, repr, args and traceback's one-line form, along its whole chain.
+
+    (Not the traceback's source lines: those are this file's code, literals included.)"""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts += [str(current), repr(current), repr(current.args)]
+        parts += [str(getattr(current, name, "")) for name in ("message", "reason")]
+        parts += traceback.format_exception_only(current)
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+Scenario = Callable[[GeminiExchange], Any]
+
+
+def _client(exchange: GeminiExchange, **options: Any) -> GeminiClient:
+    options.setdefault("base_url", exchange.url)
+    options.setdefault("rate_limit_per_minute", None)
+    return GeminiClient(
+        options.pop("api_key", CANARY_KEY), options.pop("api_secret", CANARY_SECRET), **options
+    )
+
+
+def _live_order(exchange: GeminiExchange) -> int:
+    return int(exchange.place_order(CANARY_KEY)["order_id"])
+
+
+def _bad_signature(exchange: GeminiExchange) -> Any:
+    return _client(exchange, api_secret=CANARY_SECRET + "-wrong").cancel_order(_live_order(exchange))
+
+
+def _unknown_key(exchange: GeminiExchange) -> Any:
+    return _client(exchange, api_key=CANARY_KEY + "-unknown").cancel_order(_live_order(exchange))
+
+
+def _missing_role(exchange: GeminiExchange) -> Any:
+    exchange.add_key("account-KEYcanary-auditor", CANARY_SECRET, roles=("Auditor",))
+    return _client(exchange, api_key="account-KEYcanary-auditor").cancel_order(_live_order(exchange))
+
+
+def _invalid_nonce_after_retries(exchange: GeminiExchange) -> Any:
+    """Another tool used the key with a far larger nonce: every nonce of ours is too small."""
+    headers = build_private_headers(CANARY_KEY, CANARY_SECRET, "/v1/heartbeat", 10**18)
+    assert requests.post(exchange.url + "/v1/heartbeat", headers=headers, timeout=5).status_code == 200
+    return _client(exchange, max_attempts=3).cancel_order(_live_order(exchange))
+
+
+def _order_not_found(exchange: GeminiExchange) -> Any:
+    return _client(exchange).cancel_order(2**62)
+
+
+def _empty_404(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("not_found_empty", path=CANCEL)
+    return _client(exchange).cancel_order(_live_order(exchange))
+
+
+def _rate_limited_exhausted(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("rate_limit", path=CANCEL, count=3, retry_after=0.01)
+    return _client(exchange, max_attempts=3).cancel_order(_live_order(exchange))
+
+
+def _maintenance_exhausted(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("maintenance", path=CANCEL, count=3, retry_after=0.01)
+    return _client(exchange, max_attempts=3).cancel_order(_live_order(exchange))
+
+
+def _text_500_exhausted(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("server_error_text", path=CANCEL, count=2)
+    return _client(exchange, max_attempts=2).cancel_order(_live_order(exchange))
+
+
+def _timeout(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("delay", path=CANCEL, count=2, delay=0.6)
+    return _client(exchange, max_attempts=2, timeout=0.2).cancel_order(_live_order(exchange))
+
+
+def _dropped(exchange: GeminiExchange) -> Any:
+    exchange.inject_fault("drop_after", path=CANCEL, count=2)
+    return _client(exchange, max_attempts=2).cancel_order(_live_order(exchange))
+
+
+def _connection_refused(exchange: GeminiExchange) -> Any:
+    return _client(exchange, base_url=f"http://127.0.0.1:{closed_port()}", max_attempts=2).cancel_order(1)
+
+
+def _invalid_account(exchange: GeminiExchange) -> Any:
+    exchange.add_key("master-KEYcanary-group", CANARY_SECRET, accounts=("primary", "desk-b"))
+    client = _client(exchange, api_key="master-KEYcanary-group", account="not-in-group")
+    return client.cancel_order(_live_order(exchange))
+
+
+def _bad_order_id(exchange: GeminiExchange) -> Any:
+    return _client(exchange).cancel_order("12a")
+
+
+def _bool_order_id(exchange: GeminiExchange) -> Any:
+    return _client(exchange).cancel_order(True)  # type: ignore[arg-type]
+
+
+def _master_without_account(exchange: GeminiExchange) -> Any:
+    exchange.add_key("master-KEYcanary-noacct", CANARY_SECRET, accounts=("primary",))
+    return _client(exchange, api_key="master-KEYcanary-noacct").cancel_order(1)
+
+
+def _bad_base_url(exchange: GeminiExchange) -> Any:
+    return _client(exchange, base_url="ftp://127.0.0.1/")
+
+
+def _bad_timeout(exchange: GeminiExchange) -> Any:
+    return _client(exchange, timeout=-1)
+
+
+# (scenario, expected exception type name, kind or None, reason or None)
+SCENARIOS: list[tuple[Scenario, str, str | None, str | None]] = [
+    (_bad_signature, "InvalidSignatureError", "invalid_signature", "InvalidSignature"),
+    (_unknown_key, "InvalidSignatureError", "invalid_signature", "InvalidApiKey"),
+    (_missing_role, "MissingRoleError", "missing_role", "MissingRole"),
+    (_invalid_nonce_after_retries, "InvalidNonceError", "invalid_nonce", "InvalidNonce"),
+    (_order_not_found, "OrderNotFoundError", "order_not_found", "OrderNotFound"),
+    (_empty_404, "NotFoundError", "not_found", None),
+    (_rate_limited_exhausted, "RateLimitedError", "rate_limited", "RateLimit"),
+    (_maintenance_exhausted, "ServiceError", "service_error", "Maintenance"),
+    (_text_500_exhausted, "ServiceError", "service_error", None),
+    (_timeout, "ServiceError", "service_error", "Timeout"),
+    (_dropped, "ServiceError", "service_error", "ConnectionError"),
+    (_connection_refused, "ServiceError", "service_error", "ConnectionError"),
+    (_invalid_account, "InvalidRequestError", "invalid_request", "InvalidAccount"),
+    (_bad_order_id, "ValueError", None, None),
+    (_bool_order_id, "ValueError", None, None),
+    (_master_without_account, "ValueError", None, None),
+    (_bad_base_url, "ValueError", None, None),
+    (_bad_timeout, "ValueError", None, None),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.gemini_exchange(rate_limit_per_minute=None, api_key=CANARY_KEY, api_secret=CANARY_SECRET)
+@pytest.mark.parametrize(
+    ("scenario", "type_name", "kind", "reason"), SCENARIOS, ids=[s[0].__name__.strip("_") for s in SCENARIOS]
+)
+def test_client_errors_carry_no_secret(
+    gemini_exchange: GeminiExchange, scenario: Scenario, type_name: str, kind: str | None, reason: str | None
+) -> None:
+    with pytest.raises(Exception) as caught:
+        scenario(gemini_exchange)
+    error = caught.value
+    assert type(error).__name__ == type_name, repr(error)
+    if kind is not None:
+        assert isinstance(error, GeminiError)
+        assert (error.kind, error.reason) == (kind, reason), repr(error)
+    secrets = [CANARY_SECRET, CANARY_SECRET + "-wrong"]
+    keys = [CANARY_KEY, CANARY_KEY + "-unknown", "account-KEYcanary-auditor", "master-KEYcanary-group"]
+    keys.append("master-KEYcanary-noacct")
+    needles = forbidden(gemini_exchange.journal, secrets, keys)
+    # Not a vacuous search: every scenario that reached the exchange left payloads to look for.
+    reached = kind is not None and scenario is not _connection_refused
+    assert bool(gemini_exchange.journal) == reached
+    assert any(label.startswith("signature #") for label in needles) == reached
+    texts = error_texts(error)
+    assert not leaks(texts, needles), f"{leaks(texts, needles)} in:\n{texts}"
+
+
+@pytest.mark.gemini_exchange(rate_limit_per_minute=None, api_key=CANARY_KEY, api_secret=CANARY_SECRET)
+def test_client_repr_and_stats_hide_the_key_and_secret(gemini_exchange: GeminiExchange) -> None:
+    client = _client(gemini_exchange)
+    with client:
+        client.cancel_order(_live_order(gemini_exchange))
+    needles = forbidden(gemini_exchange.journal, [CANARY_SECRET], [CANARY_KEY])
+    for text in (repr(client), str(client), repr(client.stats), repr(vars(client).keys())):
+        assert not leaks(text, needles), text
+    assert re.search(r"api_key='account-\*\*\*'", repr(client)), repr(client)
