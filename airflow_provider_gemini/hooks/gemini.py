@@ -1,0 +1,169 @@
+"""GeminiHook: an Airflow connection turned into a GeminiClient, checked before any request."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+from airflow_provider_gemini.auth import NONCE_MODES
+from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
+from airflow_provider_gemini.exceptions import GeminiError
+
+ENVIRONMENTS = {"production": PRODUCTION_URL, "sandbox": SANDBOX_URL}
+DEFAULT_TIMEOUT = 10.0
+
+Fail = Callable[[str], "GeminiConnectionError"]
+
+
+class GeminiConnectionError(ValueError):
+    """The connection's fields cannot make a client; the message names the field."""
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _base_url(fail: Fail, conn: Any, environment: str) -> str:
+    host = "" if _blank(conn.host) else str(conn.host).strip()
+    if not host:
+        return ENVIRONMENTS[environment]
+    schema = str(conn.schema or "").strip().lower()
+    text = host if "://" in host else f"{schema if schema in ('http', 'https') else 'https'}://{host}"
+    example = "expected a base URL such as https://api.gemini.com or http://127.0.0.1:8765"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise fail(f"host: {example}, got {host!r}") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise fail(f"host: {example}, got {host!r}")
+    netloc = parts.netloc
+    if port is None and conn.port:
+        netloc = f"{netloc}:{int(conn.port)}"
+    return f"{parts.scheme}://{netloc}"
+
+
+def _choice(fail: Fail, extra: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = extra.get(name)
+    if _blank(value):
+        return default
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text is None or text not in choices:
+        allowed = " or ".join(repr(choice) for choice in choices)
+        raise fail(f"{name} (extra): expected {allowed}, got {value!r}")
+    return text
+
+
+def _timeout(fail: Fail, extra: Mapping[str, Any]) -> float:
+    value = extra.get("timeout")
+    if _blank(value):
+        return DEFAULT_TIMEOUT
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value.strip())
+        except ValueError:
+            seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise fail(f"timeout (extra): expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """GeminiClient arguments from a connection; GeminiConnectionError names the first bad field."""
+    conn_id = getattr(conn, "conn_id", None) or "?"
+
+    def fail(problem: str) -> GeminiConnectionError:
+        return GeminiConnectionError(f"Gemini connection {conn_id!r}: {problem}")
+
+    if extra is None:
+        extra = conn.extra_dejson
+    if not isinstance(extra, Mapping):
+        raise fail(f"extra: expected a JSON object, got {type(extra).__name__}")
+    api_key = "" if _blank(conn.login) else str(conn.login).strip()
+    api_secret = "" if _blank(conn.password) else str(conn.password).strip()
+    if not api_key:
+        raise fail("API key (login) is empty")
+    if not api_secret:
+        raise fail("API secret (password) is empty")
+    mask_secret(api_key)
+    mask_secret(api_secret)
+    environment = _choice(fail, extra, "environment", tuple(ENVIRONMENTS), "production")
+    account = extra.get("account")
+    if not _blank(account) and not isinstance(account, str):
+        raise fail(f"account (extra): expected an account nickname, got {account!r}")
+    return {
+        "api_key": api_key,
+        "api_secret": api_secret,
+        "base_url": _base_url(fail, conn, environment),
+        "account": None if _blank(account) else str(account).strip(),
+        "nonce_mode": _choice(fail, extra, "nonce_mode", NONCE_MODES, "counter"),
+        "timeout": _timeout(fail, extra),
+    }
+
+
+class GeminiHook(BaseHook):
+    """Interact with Gemini's private REST API through a `gemini_exchange` connection.
+
+    login is the API key, password the API secret, host an optional base URL (scheme and port), and
+    the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
+    master keys), `nonce_mode` (counter | time) and `timeout` (seconds).
+    """
+
+    conn_name_attr = "gemini_conn_id"
+    default_conn_name = "gemini_default"
+    conn_type = "gemini_exchange"
+    hook_name = "Gemini Exchange"
+
+    def __init__(self, gemini_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.gemini_conn_id = gemini_conn_id
+        self._client: GeminiClient | None = None
+
+    @classmethod
+    def client_from_connection(
+        cls, conn: Any, extra: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> GeminiClient:
+        """A new client for a connection object; `overrides` replace GeminiClient arguments."""
+        return GeminiClient(**{**client_kwargs(conn, extra), **overrides})
+
+    def get_client(self) -> GeminiClient:
+        """The hook's client, built on first use and kept (one session, one set of stats)."""
+        if self._client is None:
+            self._client = self.client_from_connection(self.get_connection(self.gemini_conn_id))
+        return self._client
+
+    def get_conn(self) -> GeminiClient:
+        return self.get_client()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Call /v1/roles and report whether the key holds the Trader role that cancelling needs."""
+        try:
+            conn = self.get_connection(self.gemini_conn_id)
+            with self.client_from_connection(conn, max_attempts=2) as client:
+                roles = client.roles()
+        except GeminiError as err:
+            return False, f"Could not read the key's roles: {err}"
+        except Exception as err:
+            return False, str(err)
+        held = ", ".join(roles.names()) or "none"
+        if roles.is_trader:
+            return True, f"Connected to {client.base_url}; the key has the Trader role (roles: {held})."
+        return False, (
+            f"Connected to {client.base_url}, but the key lacks the Trader role that cancelling orders "
+            f"needs (roles: {held})."
+        )
