@@ -22,7 +22,7 @@ NONCE_MODES: tuple[str, ...] = ("counter", "time")
 
 def _json_default(value: object) -> str:
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # plain digits: str() would give "1E-8"
     raise TypeError(f"a request field of type {type(value).__name__} cannot be sent as JSON")
 
 
