@@ -66,19 +66,46 @@ def _choice(fail: Fail, extra: Mapping[str, Any], name: str, choices: tuple[str,
     return text
 
 
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _tuning(fail: Fail, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional extras rate_limit_per_minute ("off" disables the pacing), burst and max_attempts."""
+    tuning: dict[str, Any] = {}
+    rate = extra.get("rate_limit_per_minute")
+    if isinstance(rate, str) and rate.strip().lower() == "off":
+        tuning["rate_limit_per_minute"] = None
+    elif not _blank(rate):
+        tuning["rate_limit_per_minute"] = _number(rate)
+        if tuning["rate_limit_per_minute"] is None:
+            raise fail(f"rate_limit_per_minute (extra): expected a positive number or 'off', got {rate!r}")
+    for name in ("burst", "max_attempts"):
+        value = extra.get(name)
+        if _blank(value):
+            continue
+        number = _number(value)
+        if number is None or not number.is_integer():
+            raise fail(f"{name} (extra): expected an integer >= 1, got {value!r}")
+        tuning[name] = int(number)
+    return tuning
+
+
 def _timeout(fail: Fail, extra: Mapping[str, Any]) -> float:
     value = extra.get("timeout")
     if _blank(value):
         return DEFAULT_TIMEOUT
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            seconds = float(value.strip())
-        except ValueError:
-            seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+    seconds = _number(value)
+    if seconds is None:
         raise fail(f"timeout (extra): expected a positive number of seconds, got {value!r}")
     return seconds
 
@@ -113,6 +140,7 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
         "account": None if _blank(account) else str(account).strip(),
         "nonce_mode": _choice(fail, extra, "nonce_mode", NONCE_MODES, "counter"),
         "timeout": _timeout(fail, extra),
+        **_tuning(fail, extra),
     }
 
 
@@ -121,7 +149,8 @@ class GeminiHook(BaseHook):
 
     login is the API key, password the API secret, host an optional base URL (scheme and port), and
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
-    master keys), `nonce_mode` (counter | time) and `timeout` (seconds).
+    master keys), `nonce_mode` (counter | time), `timeout` (seconds), and optionally
+    `rate_limit_per_minute` (or "off"), `burst` and `max_attempts`.
     """
 
     conn_name_attr = "gemini_conn_id"
