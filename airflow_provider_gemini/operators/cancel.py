@@ -391,7 +391,16 @@ class _GeminiCancelBase(BaseOperator):
         from airflow_provider_gemini.hooks.gemini import GeminiHook
 
         started = time.monotonic()
-        client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
+        try:
+            client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
+        except ValueError as error:  # the connection's fields cannot make a client: retrying won't help
+            raise AirflowFailException(str(error)) from error
+        with client:
+            return self._execute_with(client, context, arguments, started)
+
+    def _execute_with(
+        self, client: GeminiClient, context: Context, arguments: dict[str, Any], started: float
+    ) -> dict[str, Any]:
         run = _Run(
             client=client,
             account=arguments["account"],
