@@ -25,7 +25,7 @@ from airflow_provider_gemini.exceptions import error_from_response
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "gemini-conformance"
 RUN_SUITES = ("http/hmac-requests", "http/errors", "json")
 SKIPPED = {
-    "http/hmac-requests/websocket-upgrade-nonce": "websocket upgrade nonce: this provider makes REST calls only"
+    "http/hmac-requests/websocket-upgrade-nonce": "a websocket handshake nonce; this provider calls REST only"
 }
 
 if not FIXTURES.is_dir():
@@ -125,6 +125,6 @@ def test_manifest_suites_are_known() -> None:
 
 
 def test_every_case_ran() -> None:
-    """Runs last in this module: a case of the run suites that neither passed nor was skipped by name fails."""
+    """Runs last in the module: a case of the run suites that neither passed nor was skipped fails."""
     missing = sorted(set(CASES) - RAN)
     assert not missing, f"conformance cases not run: {missing}"
