@@ -105,10 +105,11 @@ def read_xcom(
 
 
 def task_states(airflow_home: str | os.PathLike[str], dag_id: str) -> dict[str, str | None]:
-    """task_id -> state of the latest run of `dag_id`."""
+    """State of each task instance of the latest run of `dag_id`: "task_id", or "task_id[i]" if mapped."""
     query = (
-        "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = "
-        "(SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1)"
+        "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = "
+        "(SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1) ORDER BY task_id, map_index"
     )
     with sqlite3.connect(Path(airflow_home) / "airflow.db") as db:
-        return dict(db.execute(query, (dag_id, dag_id)).fetchall())
+        rows = db.execute(query, (dag_id, dag_id)).fetchall()
+    return {task_id if index < 0 else f"{task_id}[{index}]": state for task_id, index, state in rows}

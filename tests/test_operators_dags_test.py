@@ -61,7 +61,16 @@ def test_params_render_into_both_operators(gemini_exchange: GeminiExchange, env:
         "max_age": 3600,
     }
     output, states = run(env, conf)
-    assert states == {"cancel_ids": "success", "cancel_stale": "success"}, output
+    assert states == {
+        "ids_from_params": "success",
+        "preview_each[0]": "success",
+        "preview_each[1]": "success",
+        "preview_each[2]": "success",
+        "cancel_ids": "success",
+        "cancel_stale": "success",
+    }, output
+    previews = [read_xcom(env["AIRFLOW_HOME"], DAG_ID, "preview_each", map_index=i) for i in range(3)]
+    assert [p["dry_run"] for p in previews] == [[ids[0]], [ids[1]], [ids[0]]]
 
     by_id = read_xcom(env["AIRFLOW_HOME"], DAG_ID, "cancel_ids")
     assert by_id["cancelled"] == ids  # exact past 2**53, the duplicate cancelled once
@@ -82,7 +91,15 @@ def test_failing_tasks_push_their_report_before_failing(
     unknown = str(int(live) + 500)
     stale = [str(ex.place_order(ex.api_key, timestampms=now - 2 * HOUR_MS)["order_id"]) for _ in range(2)]
     output, states = run(env, {"order_ids": [live, unknown], "max_age": 60, "cap": 1})
-    assert states == {"cancel_ids": "failed", "cancel_stale": "failed"}, output
+    assert states == {
+        "ids_from_params": "success",
+        "preview_each[0]": "success",
+        "preview_each[1]": "success",
+        "cancel_ids": "failed",
+        "cancel_stale": "failed",
+    }, output
+    preview_unknown = read_xcom(env["AIRFLOW_HOME"], DAG_ID, "preview_each", map_index=1)
+    assert preview_unknown["not_found"] == [unknown]
 
     by_id = read_xcom(env["AIRFLOW_HOME"], DAG_ID, "cancel_ids")
     assert by_id["cancelled"] == [live]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
 
 from airflow_provider_gemini.operators.cancel import (
     GeminiCancelOrderOperator,
@@ -20,8 +22,18 @@ with DAG(
         "side": Param(None, type=["null", "string"]),
         "prefix": Param(None, type=["null", "string"]),
         "cap": Param(None, type=["null", "integer"]),
+        "preview": Param(True, type="boolean"),
     },
 ):
+
+    @task
+    def ids_from_params(params: dict[str, Any] | None = None) -> list[Any]:
+        return list((params or {})["order_ids"])
+
+    # Mapped: Airflow renders a mapped task without calling the operator's render_template_fields.
+    preview_each = GeminiCancelOrderOperator.partial(
+        task_id="preview_each", dry_run="{{ params.preview }}", fail_on_not_found=False
+    ).expand(order_id=ids_from_params())
     cancel_ids = GeminiCancelOrderOperator(
         task_id="cancel_ids",
         order_id="{{ params.order_ids }}",
@@ -37,4 +49,4 @@ with DAG(
         max_cancellations="{{ params.cap }}",
         trigger_rule="all_done",
     )
-    cancel_ids >> cancel_stale
+    preview_each >> cancel_ids >> cancel_stale
