@@ -438,6 +438,32 @@ def test_injected_faults_still_end_with_every_targeted_order_cancelled(exchange:
     assert all(exchange.order(oid)["is_cancelled"] for oid in by_id + stale_ids)
 
 
+@pytest.mark.gemini_exchange(api_key="master-desk-key", accounts=("primary", "desk2"))
+def test_account_routes_a_master_key_and_a_bad_one_stops_the_run(exchange: GeminiExchange) -> None:
+    now = int(time.time() * 1000)
+    primary = place(exchange, timestampms=now - 2 * HOUR_MS)
+    desk2 = [place(exchange, account="desk2", timestampms=now - 2 * HOUR_MS) for _ in range(2)]
+    outcome = Outcome(GeminiCancelStaleOrdersOperator(task_id="sweep", max_age=60, account="desk2"))
+    assert outcome.error is None
+    assert outcome.report["cancelled"] == desk2
+    assert live_ids(exchange) == {primary}
+    assert {entry.payload.get("account") for entry in exchange.journal} == {"desk2"}
+
+    exchange.clear_journal()
+    wrong = Outcome(GeminiCancelOrderOperator(task_id="cancel", order_id=[primary, *desk2], account="nope"))
+    assert isinstance(wrong.error, AirflowFailException)
+    failed = wrong.report["failed"]
+    assert failed[0] == {
+        "order_id": None,
+        "kind": "invalid_request",
+        "reason": "InvalidAccount",
+        "message": failed[0]["message"],
+    }
+    assert [entry["message"] for entry in failed[1:]] == ["not attempted: invalid_request"] * 3
+    assert [entry.path for entry in exchange.journal] == ["/v1/orders"]
+    assert primary in live_ids(exchange)
+
+
 # --- arguments -------------------------------------------------------------------------------------------
 
 

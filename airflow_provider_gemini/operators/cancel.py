@@ -55,6 +55,7 @@ _KEY_LEVEL_REASONS = frozenset(
         "MissingApikeyHeader",
         "ApiKeyIpFilteringFailure",
         "MissingAccounts",
+        "InvalidAccount",
         "InvalidAccountName",
         "AccountNotFound",
         "EndpointMismatch",
