@@ -557,8 +557,15 @@ def test_rendered_string_forms_are_parsed(exchange: GeminiExchange) -> None:
         "cap": 3,
         "account": None,
     }
-    op.render_template_fields({"params": params})  # type: ignore[arg-type]
-    assert (op.symbols, op.dry_run, op.max_cancellations, op.account) == ("['ETHUSD']", "False", "3", "None")
+    context: Any = {"params": params}
+    op.render_template_fields(context)
+    rendered = {name: getattr(op, name) for name in ("symbols", "dry_run", "max_cancellations", "account")}
+    assert rendered == {
+        "symbols": "['ETHUSD']",
+        "dry_run": "False",
+        "max_cancellations": "3",
+        "account": "None",
+    }
     outcome = Outcome(op)
     assert outcome.error is None
     assert outcome.report["cancelled"] == [target]
