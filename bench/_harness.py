@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -141,6 +142,11 @@ def write_section(path: Path | None, name: str, body: str) -> None:
     parts = [RESULTS_PREAMBLE]
     parts += [f"<!-- section:{n} -->\n{found[n]}<!-- /section:{n} -->\n" for n in names]
     path.write_text("\n".join(parts))
+
+
+def have_ccxt() -> bool:
+    """ccxt comes with the `bench` extra; without it the ccxt variants are left out and said so."""
+    return importlib.util.find_spec("ccxt") is not None
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

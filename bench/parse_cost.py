@@ -2,7 +2,7 @@
 
 Every measurement is a fresh interpreter, as the DAG processor's parsing process is. Figures:
 - wall time and RSS growth of `import airflow.sdk`, then of the operators and sensor modules on top;
-- tracemalloc's count of the bytes the provider's modules allocate (separate runs: tracing is slow);
+- tracemalloc's count of the bytes the provider's modules allocate (tracing starts after airflow.sdk);
 - `-X importtime`'s cumulative time of the provider's top-level imports, as a cross-check;
 - DagBag parse time of `dags/`, against a folder with one trivial DAG parsed the same way.
 """
@@ -52,13 +52,11 @@ print(json.dumps({{"sdk_s": t1 - t0, "cancel_s": t2 - t1, "sensor_s": t3 - t2, "
 
 TRACEMALLOC_CHILD = f"""
 import json, tracemalloc
-tracemalloc.start()
 import airflow.sdk
-a = tracemalloc.get_traced_memory()[0]
-tracemalloc.reset_peak()
+tracemalloc.start()
 import {PROVIDER_MODULES[0]}, {PROVIDER_MODULES[1]}
-b, peak = tracemalloc.get_traced_memory()
-print(json.dumps({{"sdk_bytes": a, "provider_bytes": b - a, "provider_peak": peak - a}}))
+kept, peak = tracemalloc.get_traced_memory()
+print(json.dumps({{"provider_bytes": kept, "provider_peak": peak}}))
 """
 
 IMPORTTIME_CHILD = f"import airflow.sdk; import {PROVIDER_MODULES[0]}; import {PROVIDER_MODULES[1]}"
@@ -148,11 +146,10 @@ def main() -> None:
         for _ in range(runs):  # interleaved, so a noisy spell hits every figure alike
             imports.append(run_json([sys.executable, "-c", IMPORT_CHILD], env))
             importtime.append(importtime_provider_s(env))
+            traced.append(run_json([sys.executable, "-c", TRACEMALLOC_CHILD], env))
             if have_dags:
                 bag_trivial.append(run_json([sys.executable, "-c", DAGBAG_CHILD, str(trivial)], env))
                 bag_dags.append(run_json([sys.executable, "-c", DAGBAG_CHILD, str(dags)], env))
-        for _ in range(max(1, min(3, runs))):
-            traced.append(run_json([sys.executable, "-c", TRACEMALLOC_CHILD], env))
 
     ms = 1000.0
     mib = 1024.0 * 1024.0
@@ -182,7 +179,7 @@ def main() -> None:
         section_header(
             "4. Parse cost: the provider's import, and DagBag of dags/", time.monotonic() - started
         ),
-        f"{runs} fresh processes per figure, interleaved; {len(traced)} more with tracemalloc.",
+        f"{runs} fresh processes per figure, interleaved.",
         "",
         md_table(headers, rows),
         "",

@@ -1,0 +1,284 @@
+"""Benchmarks 3 and 5: a bulk cancel of stale orders against the exchange's rate limit, and its memory.
+
+Each run starts a fresh local exchange with its rate limit on, seeded with N stale orders (two hours
+old) and a few fresh ones that must stay live, then a fresh worker process (`bulk.py --worker`) that
+runs `GeminiCancelStaleOrdersOperator(max_age=3600).execute(context)` with the connection from
+AIRFLOW_CONN_GEMINI_DEFAULT, as an Airflow task would. The parent then reads the exchange's own journal
+(`/_admin/journal`: every answer it sent, 429s included) and book (`/_admin/orders`).
+
+Ideal time: the exchange lets `burst` requests through at once, then `rate` a second, so R requests
+need (R - burst) / rate seconds; R counts the requests the run needed (the listing and each cancel:
+every request the exchange saw from the key but its 429s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from _harness import (
+    REPO_ROOT,
+    Key,
+    Summary,
+    base_parser,
+    exchange_process,
+    make_key,
+    md_table,
+    results_path,
+    section_header,
+    text_table,
+    write_section,
+)
+from per_cancel import hook_connection
+
+FRESH = 10
+STALE_AGE_S = 2 * 3600
+MAX_AGE_S = 3600
+TARGET_FRACTION = 0.95
+DEFAULT_LIMIT = (600.0, 5)  # GeminiClient's own default, which GeminiHook.get_client() uses
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _TaskInstance:
+    """The one thing the operator takes from its context: xcom_push, when a run fails part-way."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def watch_clients(limit: str | None) -> list[Any]:
+    """Keep each client the hook makes (to read its stats); with `limit` ("rate,burst"), set its limiter.
+
+    Only through the hook's public `client_from_connection(conn, extra, **overrides)`: the connection
+    has no extra for the limiter, so a run against an exchange faster than 600/min sets it here.
+    """
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+    made: list[Any] = []
+    original = GeminiHook.client_from_connection.__func__  # type: ignore[attr-defined]
+    overrides: dict[str, Any] = {}
+    if limit:
+        rate, burst = limit.split(",")
+        overrides = {"rate_limit_per_minute": float(rate), "burst": int(burst)}
+
+    def client_from_connection(cls: Any, conn: Any, extra: Any = None, **more: Any) -> Any:
+        client = original(cls, conn, extra, **{**overrides, **more})
+        made.append(client)
+        return client
+
+    GeminiHook.client_from_connection = classmethod(client_from_connection)  # type: ignore[assignment]
+    return made
+
+
+def worker() -> None:
+    """Run the operator once in this process; print one JSON line with its report and costs."""
+    rss_start = rss_mib()
+    from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
+
+    clients = watch_clients(os.environ.get("BENCH_CLIENT_LIMIT"))
+
+    operator = GeminiCancelStaleOrdersOperator(task_id="bulk_cancel_stale", max_age=MAX_AGE_S)
+    rss_before = rss_mib()
+    c0, t0 = time.process_time(), time.perf_counter()
+    report = operator.execute({"ti": _TaskInstance()})  # type: ignore[arg-type]
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(
+        json.dumps(
+            {
+                "elapsed_s": elapsed,
+                "cpu_s": cpu,
+                "rss_start_mib": rss_start,
+                "rss_before_mib": rss_before,
+                "rss_after_mib": rss_mib(),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "counts": {k: len(v) for k, v in report.items() if isinstance(v, list)},
+                "failed_kinds": [f["kind"] for f in report["failed"]],
+                "stats": report["stats"],
+                "client_stats": [c.stats.as_dict() for c in clients],
+            }
+        )
+    )
+
+
+def one_run(n: int, rate: float, burst: int, key: Key) -> dict[str, Any]:
+    seed = [
+        {"api_key": key.api_key, "count": n, "age_s": STALE_AGE_S, "prefix": "stale-"},
+        {"api_key": key.api_key, "count": FRESH, "age_s": 0, "prefix": "fresh-"},
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="gemini-bench-bulk-") as home,
+        exchange_process([key], seed, rate_limit_per_minute=rate, burst=burst) as exchange,
+    ):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(
+            AIRFLOW_HOME=home,
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            AIRFLOW_CONN_GEMINI_DEFAULT=hook_connection(exchange.url, key),
+        )
+        if (rate, burst) != DEFAULT_LIMIT:
+            env["BENCH_CLIENT_LIMIT"] = f"{rate:g},{burst}"
+        with tempfile.TemporaryFile() as err:
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker"],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=3600,
+            )
+            if done.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"worker failed: {err.read().decode(errors='replace')[-3000:]}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        journal = exchange.admin("journal")
+        book = exchange.admin("orders")
+    stale, fresh = set(exchange.orders[0]), set(exchange.orders[1])
+    state = {o["order_id"]: o["state"] for o in book}
+    mine = [e for e in journal if e["api_key"] == key.api_key]
+    result["requests_seen"] = len(mine)
+    result["requests_needed"] = sum(1 for e in mine if e["status"] != 429)
+    result["http_429"] = sum(1 for e in journal if e["status"] == 429)
+    result["client_429_retries"] = sum(
+        c["retries_by_kind"].get("rate_limited", 0) for c in result["client_stats"]
+    )
+    result["stale_cancelled"] = sum(1 for oid in stale if state.get(oid) == "cancelled")
+    result["fresh_live"] = sum(1 for oid in fresh if state.get(oid) == "live")
+    result["report_429"] = sum(1 for kind in result["failed_kinds"] if kind == "rate_limited")
+    result["ideal_s"] = max(0, result["requests_needed"] - burst) / (rate / 60.0)
+    result["fraction"] = result["ideal_s"] / result["elapsed_s"]
+    return result
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help="internal: run the operator once, print JSON")
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=5)
+    args = parser.parse_args()
+    if args.worker:
+        worker()
+        return
+    started = time.monotonic()
+    n = 30 if args.quick else args.orders
+    plan = [(6000.0, 1)] if args.quick else [(600.0, 1), (6000.0, 3)]
+    key = make_key("bulk")
+    runs: dict[float, list[dict[str, Any]]] = {}
+    for rate, repeats in plan:
+        for i in range(repeats):
+            result = one_run(n, rate, args.burst, key)
+            runs.setdefault(rate, []).append(result)
+            print(
+                f"{rate:g}/min run {i + 1}/{repeats}: {result['elapsed_s']:.1f} s "
+                f"(ideal {result['ideal_s']:.1f} s, {result['fraction']:.1%}), 429s sent {result['http_429']}, "
+                f"stale cancelled {result['stale_cancelled']}/{n}, fresh live {result['fresh_live']}/{FRESH}"
+            )
+
+    headers = [
+        "exchange limit",
+        "runs",
+        "elapsed s",
+        "ideal s",
+        "achieved / allowed rate",
+        "429s sent by exchange",
+        "429s in report",
+        "client 429 retries",
+        "report retries",
+        "stale cancelled",
+        "fresh left live",
+        "client CPU ms/cancel",
+    ]
+    rows = []
+    mem_rows = []
+    fractions: list[float] = []
+    clean = True
+    for rate, results in runs.items():
+        fr = Summary.of([r["fraction"] * 100 for r in results])
+        fractions.append(fr.median)
+        clean = clean and all(
+            r["report_429"] == 0 and r["stale_cancelled"] == n and r["fresh_live"] == FRESH for r in results
+        )
+        rows.append(
+            [
+                f"{rate:g}/min, burst {args.burst}",
+                str(len(results)),
+                Summary.of([r["elapsed_s"] for r in results]).fmt(2),
+                f"{results[0]['ideal_s']:.2f}",
+                fr.fmt(1, "%"),
+                Summary.of([r["http_429"] for r in results]).fmt(0),
+                str(max(r["report_429"] for r in results)),
+                Summary.of([r["client_429_retries"] for r in results]).fmt(0),
+                Summary.of([r["stats"]["retries"] for r in results]).fmt(0),
+                f"{min(r['stale_cancelled'] for r in results)}/{n}",
+                f"{min(r['fresh_live'] for r in results)}/{FRESH}",
+                Summary.of([r["cpu_s"] / n * 1000 for r in results]).fmt(2),
+            ]
+        )
+        mem_rows.append(
+            [
+                f"{rate:g}/min",
+                Summary.of([r["rss_start_mib"] for r in results]).fmt(1),
+                Summary.of([r["rss_before_mib"] for r in results]).fmt(1),
+                Summary.of([r["rss_after_mib"] for r in results]).fmt(1),
+                Summary.of([r["peak_rss_mib"] for r in results]).fmt(1),
+                Summary.of([r["rss_after_mib"] - r["rss_before_mib"] for r in results]).fmt(2),
+            ]
+        )
+    print(text_table(headers, rows))
+    met = all(f >= TARGET_FRACTION * 100 for f in fractions) and clean
+    elapsed = time.monotonic() - started
+    body = [
+        section_header(f"3. Bulk: {n} stale orders through GeminiCancelStaleOrdersOperator", elapsed),
+        f"Per run: a fresh exchange with {n} stale orders ({STALE_AGE_S // 3600} h old) and {FRESH} fresh "
+        f"ones, and a fresh worker process that runs the operator (`max_age={MAX_AGE_S}`) once. At 600/min "
+        "the operator path is untouched: `GeminiHook.get_client()` gives the client's default limiter, "
+        "600/min burst 5, the exchange's own. The connection has no extra for the limiter, so for the "
+        "6,000/min run the worker passes `rate_limit_per_minute=6000, burst=5` through the hook's public "
+        "`client_from_connection(conn, **overrides)`. Ideal = (requests the run needed - burst) / rate, "
+        "the needed requests being the listing and one cancel per order; achieved = ideal / elapsed, "
+        "elapsed being `execute()` in the worker (hook, connection, listing and report included). "
+        "429s: the exchange's journal; client 429 retries: the client's `stats.retries_by_kind`.",
+        "",
+        md_table(headers, rows),
+        "",
+        f"Target: >= {TARGET_FRACTION:.0%} of the allowed rate, no 429 in the operator's report, every "
+        f"stale order cancelled: **{'met' if met else 'NOT met'}**.",
+        "",
+    ]
+    write_section(results_path(args), "bulk", "\n".join(body))
+    mem_headers = [
+        "run",
+        "RSS at start",
+        "after imports",
+        "after execute",
+        "peak (ru_maxrss)",
+        "execute grew",
+    ]
+    print(text_table(mem_headers, mem_rows))
+    mem_body = [
+        section_header("5. Memory: the bulk run's client process", elapsed),
+        f"RSS (MiB) of the worker process of benchmark 3 ({n} cancels per run): at start, after importing "
+        "the operator module (airflow.sdk included), after `execute()`, and the peak (`ru_maxrss`). "
+        "The exchange's memory is not in it.",
+        "",
+        md_table(mem_headers, mem_rows),
+        "",
+    ]
+    write_section(results_path(args), "memory", "\n".join(mem_body))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Benchmark 1: the cost of one cancel, warm, over keep-alive, with the exchange's rate limit off.
+
+Four ways to send `/v1/order/cancel`, all in this one client process, each with its own key on the
+same local exchange (their nonce sequences would collide on a shared counter key):
+  (a) floor   a hand-written requests.Session + hmac + base64 + json, no retries (bench/_harness.py),
+              with trust_env off as ccxt sets it; (a') is the same floor with requests' default
+              trust_env=True, which re-reads the environment for proxies on every request
+  (b) client  GeminiClient(..., rate_limit_per_minute=None).cancel_order
+  (c) hook    the operator's path: GeminiHook("gemini_default") with the connection from
+              AIRFLOW_CONN_GEMINI_DEFAULT, built once per round inside the timing (an operator builds it
+              once per execute), its client made by the hook's own GeminiHook.client_from_connection with
+              rate_limit_per_minute=None: get_client() always paces at the client's default 600/min,
+              burst 5 (the connection has no extra for it), which is measured apart (PACED cancels)
+  (d) ccxt    ccxt.gemini.cancel_order, markets preset by hand, ccxt's own rate limiter off
+The variants run interleaved in rounds (a different order each round) so machine noise hits all alike.
+Wall time is time.perf_counter; CPU time is time.process_time of this process (the exchange's CPU is
+not in it).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from _harness import (
+    FloorClient,
+    Key,
+    Summary,
+    base_parser,
+    exchange_process,
+    have_ccxt,
+    make_key,
+    md_table,
+    results_path,
+    section_header,
+    text_table,
+    write_section,
+)
+
+ALL_VARIANTS = ("floor", "floor_env", "client", "hook", "ccxt")
+VARIANTS = ALL_VARIANTS if have_ccxt() else ALL_VARIANTS[:-1]
+NO_CCXT = "ccxt is not installed (`pip install -e '.[bench]'`): variant (d) is left out."
+LABELS = {
+    "floor": "(a) floor: requests.Session (trust_env off) + hmac, no retries",
+    "floor_env": "(a') the floor with requests' default trust_env=True",
+    "client": "(b) `GeminiClient.cancel_order`",
+    "hook": "(c) `GeminiHook` + connection from env, client limiter off",
+    "ccxt": "(d) ccxt `gemini.cancel_order`",
+}
+TARGETS = {"client": 1.15, "hook": 1.25}
+WARMUP = 20
+PACED = 50
+
+# The one market ccxt needs to parse a btcusd order; load_markets would call public endpoints the local
+# exchange does not serve.
+CCXT_MARKETS = [
+    {
+        "id": "btcusd",
+        "symbol": "BTC/USD",
+        "base": "BTC",
+        "quote": "USD",
+        "baseId": "btc",
+        "quoteId": "usd",
+        "type": "spot",
+        "spot": True,
+        "margin": False,
+        "swap": False,
+        "future": False,
+        "option": False,
+        "contract": False,
+        "active": True,
+        "precision": {"amount": 1e-8, "price": 0.01},
+        "limits": {"amount": {"min": 1e-5, "max": None}, "price": {"min": None, "max": None}},
+    }
+]
+
+
+def ccxt_exchange(url: str, key: Key) -> Any:
+    import ccxt
+
+    exchange = ccxt.gemini(
+        {
+            "apiKey": key.api_key,
+            "secret": key.api_secret,
+            "enableRateLimit": False,
+            "urls": {"api": {"public": url, "private": url}},
+        }
+    )
+    exchange.set_markets(CCXT_MARKETS)
+    return exchange
+
+
+def hook_connection(url: str, key: Key) -> str:
+    return json.dumps(
+        {"conn_type": "gemini_exchange", "login": key.api_key, "password": key.api_secret, "host": url}
+    )
+
+
+@dataclass
+class Variant:
+    """One way to cancel: `start_round` returns the cancel function a round calls per order."""
+
+    name: str
+    start_round: Callable[[], Callable[[str], Any]]
+    check: Callable[[Any], bool]
+    wall_us: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+
+
+def build_variants(url: str, keys: dict[str, Key]) -> dict[str, Variant]:
+    from airflow_provider_gemini.client import GeminiClient
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+    floor = FloorClient(url, keys["floor"].api_key, keys["floor"].api_secret)
+    floor_env = FloorClient(url, keys["floor_env"].api_key, keys["floor_env"].api_secret, trust_env=True)
+    client = GeminiClient(
+        keys["client"].api_key, keys["client"].api_secret, base_url=url, rate_limit_per_minute=None
+    )
+    os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = hook_connection(url, keys["hook"])
+    ccxt_ex = ccxt_exchange(url, keys["ccxt"]) if "ccxt" in keys else None
+
+    def floor_round() -> Callable[[str], Any]:
+        return lambda oid: floor.cancel(int(oid))
+
+    def floor_env_round() -> Callable[[str], Any]:
+        return lambda oid: floor_env.cancel(int(oid))
+
+    def client_round() -> Callable[[str], Any]:
+        return client.cancel_order
+
+    def hook_round() -> Callable[[str], Any]:
+        hook = GeminiHook(gemini_conn_id="gemini_default")
+        client = hook.client_from_connection(
+            hook.get_connection(hook.gemini_conn_id), rate_limit_per_minute=None
+        )
+        return client.cancel_order
+
+    def ccxt_round() -> Callable[[str], Any]:
+        return ccxt_ex.cancel_order
+
+    variants = {
+        "floor": Variant("floor", floor_round, lambda r: r["is_cancelled"] is True),
+        "floor_env": Variant("floor_env", floor_env_round, lambda r: r["is_cancelled"] is True),
+        "client": Variant("client", client_round, lambda r: r.is_cancelled),
+        "hook": Variant("hook", hook_round, lambda r: r.is_cancelled),
+        "ccxt": Variant("ccxt", ccxt_round, lambda r: r["status"] == "canceled"),
+    }
+    return {name: variants[name] for name in VARIANTS}
+
+
+def run_round(variant: Variant, order_ids: list[str]) -> tuple[float, float]:
+    """Cancel every id once; returns (wall s, CPU s), with the answers checked after the timing."""
+    answers = []
+    c0, t0 = time.process_time(), time.perf_counter()
+    cancel = variant.start_round()
+    for oid in order_ids:
+        answers.append(cancel(oid))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    bad = [a for a in answers if not variant.check(a)]
+    if bad:
+        raise RuntimeError(f"{variant.name}: {len(bad)} answers were not cancelled, e.g. {bad[0]!r}")
+    return wall, cpu
+
+
+def run_paced(order_ids: list[str]) -> tuple[float, float]:
+    """The hook's own get_client(), limiter included: (wall s, CPU s) for cancelling every id."""
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    client = GeminiHook(gemini_conn_id="gemini_default").get_client()
+    for oid in order_ids:
+        if not client.cancel_order(oid).is_cancelled:
+            raise RuntimeError(f"paced: order {oid} not cancelled")
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--per-round", type=int, default=400, help="cancels per variant per round")
+    args = parser.parse_args()
+    rounds, per_round = (2, 10) if args.quick else (args.rounds, args.per_round)
+    started = time.monotonic()
+
+    keys = {name: make_key(name) for name in VARIANTS}
+    per_variant = WARMUP + rounds * per_round
+    paced_n = 8 if args.quick else PACED
+    seed = [
+        {
+            "api_key": keys[name].api_key,
+            "count": per_variant + (paced_n if name == "hook" else 0),
+            "prefix": name,
+        }
+        for name in VARIANTS
+    ]
+    with exchange_process(list(keys.values()), seed, rate_limit_per_minute=None) as exchange:
+        orders = dict(zip(VARIANTS, exchange.orders, strict=True))
+        variants = build_variants(exchange.url, keys)
+        for name, variant in variants.items():
+            run_round(variant, orders[name][:WARMUP])
+        ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        cpu_ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        for r in range(rounds):
+            order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+            this_round: dict[str, tuple[float, float]] = {}
+            for name in order:
+                ids = orders[name][WARMUP + r * per_round : WARMUP + (r + 1) * per_round]
+                gc.collect()
+                wall, cpu = run_round(variants[name], ids)
+                this_round[name] = (wall, cpu)
+                variants[name].wall_us.append(wall / len(ids) * 1e6)
+                variants[name].cpu_us.append(cpu / len(ids) * 1e6)
+            for name in VARIANTS:
+                ratios[name].append(this_round[name][0] / this_round["floor"][0])
+                cpu_ratios[name].append(this_round[name][1] / this_round["floor"][1])
+            print(
+                f"round {r + 1}/{rounds}: "
+                + ", ".join(f"{n} {v[0] / per_round * 1e6:.0f} us" for n, v in this_round.items())
+            )
+        paced = run_paced(orders["hook"][per_variant:])
+        journal = exchange.admin("journal")
+
+    non_200 = sum(1 for e in journal if e["path"] == "/v1/order/cancel" and e["status"] != 200)
+    headers = ["variant", "wall us/cancel", "ratio to (a)", "CPU us/cancel", "CPU ratio to (a)", "target"]
+    rows = []
+    verdicts = []
+    for name in VARIANTS:
+        v = variants[name]
+        wall, cpu = Summary.of(v.wall_us), Summary.of(v.cpu_us)
+        wr, cr = Summary.of(ratios[name]), Summary.of(cpu_ratios[name])
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {target:.2f}x: {'met' if wr.median <= target else 'NOT met'}"
+            verdicts.append(
+                f"{LABELS[name]}: {wr.median:.2f}x of (a), target {target:.2f}x: "
+                f"**{'met' if wr.median <= target else 'NOT met'}**"
+            )
+        rows.append([LABELS[name], wall.fmt(0), wr.fmt(2, "x"), cpu.fmt(0), cr.fmt(2, "x"), verdict])
+    print()
+    print(text_table(headers, [[c.replace("`", "") for c in row] for row in rows]))
+    body = [
+        section_header("1. Per-cancel cost: warm, keep-alive, rate limit off", time.monotonic() - started),
+        f"{rounds} rounds x {per_round} cancels per variant ({rounds * per_round} each), interleaved, "
+        f"after {WARMUP} warm-up cancels each; each cancel hits a distinct live order. Figures: median of "
+        "the per-round means [min - max]; ratios are per round, against (a) in the same round.",
+        "",
+        md_table(headers, rows),
+        "",
+        *[f"- {line}" for line in verdicts],
+        *([] if "ccxt" in VARIANTS else [f"- {NO_CCXT}"]),
+        f"- The exchange answered {non_200} of the timed and warm-up cancels with anything but 200.",
+        "- (c) builds `GeminiHook(...)`, reads the connection from `AIRFLOW_CONN_GEMINI_DEFAULT` and makes "
+        "its client once per round inside the timing, as an operator run does once per execute, through "
+        "the hook's own `client_from_connection(conn, rate_limit_per_minute=None)`: the client `get_client()` "
+        "returns always paces at the client's default 600/min, burst 5, and the connection has no extra to "
+        "change that.",
+        f"- That real `GeminiHook(...).get_client()` path, limiter on: {paced_n} cancels took "
+        f"{paced[0]:.2f} s ({paced[0] / paced_n * 1e3:.1f} ms each; the limiter's ideal is "
+        f"{max(0, paced_n - 5) / (600 / 60 * (1 - 0.015)):.2f} s: 5 at once, then 600/min less its 1.5% "
+        f"margin), CPU {paced[1] / paced_n * 1e6:.0f} us each: pacing costs wall time, not CPU.",
+        "- (b) and (c) send a JSON integer order id; ccxt sends the id and the nonce as JSON strings "
+        "(the local exchange accepts both). ccxt: `enableRateLimit` off, markets set with `set_markets` "
+        "from a one-market list (its `load_markets` needs public endpoints the local exchange does not "
+        "serve).",
+        "- Every variant has its own key on the exchange: ccxt counts its millisecond nonce per instance, "
+        "the floor per process and GeminiClient per host (a lock file): on one counter key they would "
+        "refuse each other's nonces.",
+        "",
+    ]
+    write_section(results_path(args), "per_cancel", "\n".join(body))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
