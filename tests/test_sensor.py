@@ -260,6 +260,18 @@ def test_refused_key_fails_without_waiting(exchange: GeminiExchange, monkeypatch
     assert is_live(exchange, oid)
 
 
+def test_unusable_connection_fails_without_retries(
+    exchange: GeminiExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = json.loads(exchange.airflow_connection())
+    conn["host"] = "ftp://127.0.0.1:1"
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", json.dumps(conn))
+    with pytest.raises(AirflowFailException, match="host: expected a base URL") as caught:
+        sensor(order_id=1).execute(context())
+    assert conn["password"] not in str(caught.value)
+    assert exchange.journal == []
+
+
 def test_timeout_and_soft_fail_timeout(exchange: GeminiExchange) -> None:
     (oid,) = place(exchange)
     with pytest.raises(AirflowSensorTimeout):

@@ -147,12 +147,15 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         store.set(STATE_KEY, state)
 
     def _client(self) -> GeminiClient:
+        """The hook's client, kept across pokes (one session, one set of stats)."""
         if self._hook is None:
             from airflow_provider_gemini.hooks.gemini import GeminiHook
 
             self._hook = GeminiHook(gemini_conn_id=self.gemini_conn_id)
-        client: GeminiClient = self._hook.get_client()
-        return client
+        try:
+            return self._hook.get_client()
+        except ValueError as err:  # the connection's fields cannot make a client: waiting won't help
+            raise AirflowFailException(str(err)) from err
 
     # -- poke ----------------------------------------------------------------------------------------
 
