@@ -75,15 +75,17 @@ class ClientStats:
 
 
 class RateLimiter:
-    """A thread-safe token bucket: `burst` requests at once, then `per_minute` a minute.
+    """A thread-safe token bucket that keeps a client alone on a key clear of Gemini's own bucket.
 
-    It paces slightly under the nominal rate (RATE_SAFETY_MARGIN) so that a client alone on a key
-    practically never meets a 429 from Gemini's own bucket of the same size.
+    Gemini lets `burst` requests through at once, then `per_minute` a minute. This bucket paces
+    RATE_SAFETY_MARGIN under that rate and holds one of the burst in reserve (capacity burst - 1):
+    a request that reaches Gemini late (a new connection, a pause) then cannot leave the next one,
+    sent on time, without a token there.
     """
 
     def __init__(self, per_minute: float, burst: int) -> None:
         self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
-        self.capacity = float(burst)
+        self.capacity = float(max(1, burst - 1))
         self._tokens = self.capacity
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
