@@ -281,6 +281,48 @@ def test_timeout_and_soft_fail_timeout(exchange: GeminiExchange) -> None:
     assert is_live(exchange, oid)
 
 
+class StateStore:
+    """The get/set part of Airflow's task_state_store accessor, values kept as JSON as Airflow does."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None:
+        self.values[key] = json.dumps(value)
+
+
+def test_rescheduled_pokes_keep_settled_orders_but_ask_again_after_a_failed_try(
+    exchange: GeminiExchange,
+) -> None:
+    oid, other = place(exchange, 2)
+    store = StateStore()
+    ctx = context() | {"task_state_store": store}
+
+    first = sensor(order_id=[oid, other], mode="reschedule")
+    assert first.poke(ctx).is_done is True
+    assert requests_by_path(exchange) == {ORDERS: 1, CANCEL: 2}
+
+    exchange.clear_journal()
+    again = sensor(order_id=[oid, other], mode="reschedule")
+    report = again.poke(ctx).xcom_value
+    assert report["cancelled"] == [oid, other]
+    assert exchange.journal == []
+
+    exchange.clear_journal()
+    with pytest.raises(AirflowFailException, match="not found"):
+        sensor(order_id=[oid, UNKNOWN_ID], mode="reschedule").poke(ctx)
+    retry = context() | {"task_state_store": store}
+    retry["ti"].try_number = 2
+    with pytest.raises(AirflowFailException, match="not found"):
+        sensor(order_id=[oid, UNKNOWN_ID], mode="reschedule").poke(retry)
+    # The first try asked about both (a new list); the retry only about the id that failed it.
+    asked = [entry.payload["order_id"] for entry in exchange.journal if entry.path == STATUS]
+    assert asked == [int(oid), UNKNOWN_ID, UNKNOWN_ID]
+
+
 # -- arguments ----------------------------------------------------------------------------------------
 
 

@@ -122,20 +122,29 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         store = context.get("task_state_store") if self.reschedule else None
         if store is not None:
             stored = store.get(STATE_KEY)
-            if isinstance(stored, dict) and stored.get("order_ids") == [str(oid) for oid in order_ids]:
+            if (
+                isinstance(stored, dict)
+                and stored.get("order_ids") == [str(oid) for oid in order_ids]
+                and stored.get("account") == account
+            ):
                 state = stored
-                if stored.get("try_number") != context["ti"].try_number:
-                    state = {"report": stored.get("report"), "cancel_sent": stored.get("cancel_sent")}
-        self._watch = OrderWatch.from_state(
+        watch = OrderWatch.from_state(
             order_ids, accept_filled=self.accept_filled, account=account, state=state
         )
         if state is not None:
+            # Settled orders stay settled; verdicts that failed an earlier try (unknown id, refused key)
+            # are asked again, and a new try gets its own clock and request count.
+            watch.forget_failures()
+            if state.get("try_number") != context["ti"].try_number:
+                watch.started_at = time.time()
+                watch.report.set_stats(requests=0, retries=0, elapsed_seconds=0.0)
             self.log.info(
                 "Carrying on from earlier pokes: %d of %d order(s) settled",
-                len(order_ids) - len(self._watch.pending()),
+                len(order_ids) - len(watch.pending()),
                 len(order_ids),
             )
-        return self._watch
+        self._watch = watch
+        return watch
 
     def _save_watch(self, context: Context, watch: OrderWatch) -> None:
         store = context.get("task_state_store") if self.reschedule else None
@@ -143,6 +152,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
             return
         state = watch.to_state()
         state["order_ids"] = [str(oid) for oid in watch.order_ids]
+        state["account"] = watch.account
         state["try_number"] = context["ti"].try_number
         store.set(STATE_KEY, state)
 

@@ -107,6 +107,11 @@ class OrderWatch:
             watch.started_at = float(state.get("started_at") or watch.started_at)
         return watch
 
+    def forget_failures(self) -> None:
+        """Drop unknown-id and failed verdicts so the next poll asks about those orders again."""
+        self.report.not_found.clear()
+        self.report.failed.clear()
+
     def final_report(self) -> dict[str, Any]:
         """The report (same shape as the cancel operators'), stats brought up to date."""
         self.report.set_stats(
