@@ -77,7 +77,7 @@ def test_params_render_into_both_operators(gemini_exchange: GeminiExchange, env:
     sweep = read_xcom(env["AIRFLOW_HOME"], DAG_ID, "cancel_stale")
     assert sweep["cancelled"] == [stale_sell]
     assert {o["order_id"] for o in ex.live_orders()} == {kept, stale_buy}
-    assert ex.count("/v1/order/cancel") == 3
+    assert ex.count("/v1/order/cancel", status=200) == 3
     assert "GeminiCancelOrderOperator summary: cancelled=2" in output
     assert ex.api_secret is not None and ex.api_secret not in output
 

@@ -330,10 +330,11 @@ class _Run:
             order.original_amount,
         )
 
-    def verdict(self) -> str:
+    def verdict(self, pushed: bool) -> str:
         problems = self.fatal or self.transient
         shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        return f"{shown}. Report pushed to XCom (return_value): {self.report.summary_line()}"
+        where = "Report pushed to XCom (return_value)" if pushed else "Report (in the log above)"
+        return f"{shown}. {where}: {self.report.summary_line()}"
 
 
 # --- operators -----------------------------------------------------------------------------------------
@@ -418,9 +419,9 @@ class _GeminiCancelBase(BaseOperator):
         failing = bool(run.fatal or run.transient)
         data = self._publish(context, run, started, before, push=failing)
         if run.fatal:
-            raise AirflowFailException(run.verdict())
+            raise AirflowFailException(run.verdict(self.do_xcom_push))
         if run.transient:
-            raise AirflowException(run.verdict())
+            raise AirflowException(run.verdict(self.do_xcom_push))
         return data
 
     def _run(self, run: _Run, arguments: dict[str, Any]) -> None:
