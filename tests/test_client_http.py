@@ -68,7 +68,9 @@ def statuses(exchange: GeminiExchange, path: str = CANCEL) -> list[int]:
     return [entry.status for entry in exchange.journal if entry.path == path]
 
 
-def test_cancel_sends_the_wide_order_id_exactly(exchange: GeminiExchange, make_client: Callable[..., GeminiClient]) -> None:
+def test_cancel_sends_the_wide_order_id_exactly(
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient]
+) -> None:
     placed = exchange.place_order(exchange.api_key)
     assert placed["order_id"] == str(WIDE_ID)
     cancelled = make_client().cancel_order(str(WIDE_ID))
@@ -127,7 +129,11 @@ def test_invalid_signature_is_sent_once_and_raised(
     client = make_client(api_secret="the-wrong-secret")
     with pytest.raises(InvalidSignatureError) as caught:
         client.cancel_order(WIDE_ID)
-    assert (caught.value.kind, caught.value.status, caught.value.reason) == ("invalid_signature", 400, "InvalidSignature")
+    assert (caught.value.kind, caught.value.status, caught.value.reason) == (
+        "invalid_signature",
+        400,
+        "InvalidSignature",
+    )
     assert not caught.value.retryable
     assert statuses(exchange) == [400]
     assert client.stats.requests == 1 and client.stats.retries == 0
@@ -142,7 +148,13 @@ def test_every_attempt_carries_a_new_larger_nonce(
         exchange.inject_fault(kind, CANCEL)
     assert make_client().cancel_order(WIDE_ID).is_cancelled
     entries = [entry for entry in exchange.journal if entry.path == CANCEL]
-    assert [entry.fault for entry in entries] == ["maintenance", "drop", "server_error_text", "rate_limit", None]
+    assert [entry.fault for entry in entries] == [
+        "maintenance",
+        "drop",
+        "server_error_text",
+        "rate_limit",
+        None,
+    ]
     nonces = [entry.payload["nonce"] for entry in entries]
     assert all(type(nonce) is int for nonce in nonces)
     assert all(later > earlier for earlier, later in itertools.pairwise(nonces))
@@ -237,12 +249,18 @@ def test_placing_an_order_is_not_repeated_after_a_server_error(
     assert statuses(exchange, "/v1/order/new") == [503, 429, 200]
 
 
-def test_order_endpoints_round_trip(exchange: GeminiExchange, make_client: Callable[..., GeminiClient]) -> None:
+def test_order_endpoints_round_trip(
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient]
+) -> None:
     first = exchange.place_order(exchange.api_key, client_order_id="mm-1")
     second = exchange.place_order(exchange.api_key, side="sell", price="200.00")
     exchange.place_order(None)  # a web UI order: cancel/all takes it, cancel/session does not
     client = make_client()
-    assert [order.order_id for order in client.active_orders()] == [first["order_id"], second["order_id"], str(WIDE_ID + 2)]
+    assert [order.order_id for order in client.active_orders()] == [
+        first["order_id"],
+        second["order_id"],
+        str(WIDE_ID + 2),
+    ]
     assert client.order_status(client_order_id="mm-1").order_id == str(WIDE_ID)
     assert client.order_status(order_id=second["order_id"], include_trades=True).side == "sell"
     assert exchange.journal[-1].payload["include_trades"] is True
@@ -324,7 +342,9 @@ def test_four_processes_share_one_counter_key(exchange: GeminiExchange, key: tup
     """Separate interpreters (spawn), one key, a server that rejects any nonce not above the last."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_calls, args=(exchange.url, key[0], key[1], 50, start, out)) for _ in range(4)]
+    procs = [
+        ctx.Process(target=_calls, args=(exchange.url, key[0], key[1], 50, start, out)) for _ in range(4)
+    ]
     for proc in procs:
         proc.start()
     start.set()
