@@ -168,8 +168,8 @@ class GeminiClient:
         rate_limit_per_minute: float | None = 600,
         burst: int = 5,
     ) -> None:
-        if not isinstance(api_key, str) or not api_key.strip() or api_key != api_key.strip():
-            raise ValueError("api_key: expected a non-empty key without surrounding whitespace")
+        if not isinstance(api_key, str) or api_key.split() != [api_key]:
+            raise ValueError("api_key: expected a non-empty key without whitespace")
         if not isinstance(api_secret, str) or not api_secret:
             raise ValueError("api_secret: expected a non-empty string")
         if nonce_mode not in NONCE_MODES:

@@ -266,7 +266,9 @@ def test_bad_client_arguments_are_named(kwargs: dict[str, Any], message: str) ->
         GeminiClient(KEY, SECRET, **kwargs)
 
 
-@pytest.mark.parametrize(("key", "secret"), [("", SECRET), (" account-x", SECRET), (KEY, "")])
+@pytest.mark.parametrize(
+    ("key", "secret"), [("", SECRET), (" account-x", SECRET), ("account\nx", SECRET), (KEY, "")]
+)
 def test_empty_credentials_are_refused_without_echoing_them(key: str, secret: str) -> None:
     with pytest.raises(ValueError) as caught:
         GeminiClient(key, secret)
