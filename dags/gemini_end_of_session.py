@@ -77,6 +77,7 @@ with DAG(
     def check_session_cancelled(result: dict[str, Any]) -> dict[str, Any]:
         """Fail if an order the session cancel named is still live; log what else is live on the account."""
         from airflow.sdk.exceptions import AirflowException
+
         from airflow_provider_gemini.hooks.gemini import GeminiHook
 
         named = {*result.get("cancelled", []), *(str(f["order_id"]) for f in result.get("failed", []))}

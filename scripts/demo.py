@@ -285,10 +285,14 @@ def verdict(
     if wrong:
         say("FAILED: the book is not what the DAG should have left:\n  " + "\n  ".join(wrong))
         return 1
+    still = sum(1 for state_after in after_by_id.values() if state_after == "live")
+    if conf.get("dry_run"):
+        would = len(report["dry_run"]) if report else 0
+        say(f"OK: DAG run success (dry run); nothing cancelled, {would} order(s) would be; {still} live.")
+        return 0
     cancelled = sum(
         1 for row in before if row["state"] == "live" and after_by_id.get(row["order_id"]) != "live"
     )
-    still = sum(1 for state_after in after_by_id.values() if state_after == "live")
     say(
         f"OK: DAG run success; {cancelled} stale order(s) cancelled, {still} live order(s) left as they were."
     )
@@ -321,6 +325,7 @@ def demo_remote(home: Path, conn: str, conf: dict[str, Any]) -> int:
     say(book_table(before, after, before_ms) if before or after else "(no live orders)")
     _, report = dag_run_state(home)
     if report is not None and report.get("dry_run"):
+        say()
         say(f"A real run would cancel: {', '.join(report['dry_run'])}")
     return verdict(home, before, after, before_ms, after_ms, conf)
 
