@@ -91,6 +91,11 @@ def test_defaults_round_trip_too() -> None:
     assert GeminiOrderStatusTrigger(**trigger.serialize()[1]).serialize() == trigger.serialize()
 
 
+def test_a_single_id_is_one_order_not_its_digits() -> None:
+    assert GeminiOrderStatusTrigger(order_ids="123").order_ids == ["123"]
+    assert GeminiOrderStatusTrigger(order_ids=123).order_ids == ["123"]
+
+
 def test_kwargs_hold_the_connection_id_not_its_secret(exchange: GeminiExchange) -> None:
     text = json.dumps(GeminiOrderStatusTrigger(order_ids=place(exchange)).serialize()[1])
     assert '"gemini_conn_id": "gemini_default"' in text

@@ -249,7 +249,7 @@ class GeminiOrderStatusTrigger(BaseTrigger):
 
     def __init__(
         self,
-        order_ids: Sequence[int | str],
+        order_ids: Sequence[int | str] | int | str,
         gemini_conn_id: str = "gemini_default",
         account: str | None = None,
         poll_interval: float = 60.0,
@@ -261,7 +261,8 @@ class GeminiOrderStatusTrigger(BaseTrigger):
         started_at: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.order_ids = [str(oid) for oid in parse_order_ids(list(order_ids), "order_ids")]
+        given = order_ids if isinstance(order_ids, str | int) else list(order_ids)
+        self.order_ids = [str(oid) for oid in parse_order_ids(given, "order_ids")]
         if not isinstance(gemini_conn_id, str) or not gemini_conn_id:
             raise ValueError(f"gemini_conn_id: expected a connection id, got {gemini_conn_id!r}")
         if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) or poll_interval < 0:
