@@ -25,6 +25,9 @@ The time zone is DST-aware, so the run stays at 15:45 New York time in summer an
 `client_order_id_prefix` (empty: any order, including those placed in the web UI), `dry_run`,
 `max_cancellations`.
 
+After an Airflow retry of `cancel_stale_orders`, its XCom (and so the confirm and the report) covers
+the last try: orders an earlier try cancelled are no longer live, and that try's log lists them.
+
 **Connection** `gemini_default` (type *Gemini Exchange*): the API key needs the Trader role.
 Transient errors (timeouts, 429, 5xx) are retried inside the client and then by Airflow
 (`retries=2`); auth, role and validation errors fail at once, without retries.

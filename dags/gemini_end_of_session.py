@@ -80,7 +80,8 @@ with DAG(
 
         from airflow_provider_gemini.hooks.gemini import GeminiHook
 
-        named = {*result.get("cancelled", []), *(str(f["order_id"]) for f in result.get("failed", []))}
+        rejected = (str(f["order_id"]) for f in result.get("failed", []) if f.get("order_id") is not None)
+        named = {*result.get("cancelled", []), *rejected}
         live = GeminiHook(gemini_conn_id=GEMINI_CONN_ID).get_client().active_orders()
         still_live = sorted(order.order_id for order in live if order.order_id in named)
         others = len(live) - len(still_live)

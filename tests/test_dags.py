@@ -117,6 +117,8 @@ from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("requests", "pandas")
+                    or m.startswith(("airflow_provider_gemini.client", "airflow_provider_gemini.hooks"))),
     "dags": {
         d.dag_id: {
             "doc": bool(d.doc_md and len(d.doc_md) > 200),
@@ -144,6 +146,7 @@ print(json.dumps({
     )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["errors"] == {}
+    assert found["heavy"] == []  # the hook, the client and requests load when a task runs, not at parse
     assert sorted(found["dags"]) == list(DAG_IDS)
     dags = found["dags"]
     for dag in dags.values():
