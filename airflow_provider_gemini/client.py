@@ -302,6 +302,9 @@ class GeminiClient:
         """POST a signed private request and return its decoded JSON answer (fields sent as given)."""
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"path: expected an endpoint path such as '/v1/orders', got {path!r}")
+        return self._post(path, fields)
+
+    def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
         return self._retrying(self._attempt, path, fields)
 
     def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
@@ -321,16 +324,16 @@ class GeminiClient:
     def cancel_order(self, order_id: int | str, account: str | None = None) -> Order:
         """Cancel one order; cancelling an already-cancelled order succeeds with no effect."""
         fields = self._with_account({"order_id": parse_order_id(order_id)}, account)
-        return Order.from_status(self.private("/v1/order/cancel", **fields))
+        return Order.from_status(self._post("/v1/order/cancel", fields))
 
     def cancel_all_orders(self, account: str | None = None) -> CancelAllResult:
         """Cancel every order of the account, including ones placed in the web UI or by other keys."""
-        data = self.private("/v1/order/cancel/all", **self._with_account({}, account))
+        data = self._post("/v1/order/cancel/all", self._with_account({}, account))
         return CancelAllResult.from_response(data)
 
     def cancel_session_orders(self, account: str | None = None) -> CancelAllResult:
         """Cancel the orders this key's session placed."""
-        data = self.private("/v1/order/cancel/session", **self._with_account({}, account))
+        data = self._post("/v1/order/cancel/session", self._with_account({}, account))
         return CancelAllResult.from_response(data)
 
     def order_status(
@@ -352,20 +355,20 @@ class GeminiClient:
             raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
         if include_trades:
             fields["include_trades"] = True
-        return Order.from_status(self.private("/v1/order/status", **self._with_account(fields, account)))
+        return Order.from_status(self._post("/v1/order/status", self._with_account(fields, account)))
 
     def active_orders(self, account: str | None = None) -> list[Order]:
         """The account's live orders."""
-        data = self.private("/v1/orders", **self._with_account({}, account))
+        data = self._post("/v1/orders", self._with_account({}, account))
         if not isinstance(data, list):
             raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
         return [Order.from_status(item) for item in data]
 
     def heartbeat(self) -> dict[str, Any]:
         """Keep a Require-Heartbeat session alive (its orders are cancelled after 30 s of silence)."""
-        data = self.private("/v1/heartbeat")
+        data = self._post("/v1/heartbeat", {})
         return dict(data) if isinstance(data, Mapping) else {"result": data}
 
     def roles(self) -> Roles:
         """The key's roles: a safe call for a connection test."""
-        return Roles.from_response(self.private("/v1/roles"))
+        return Roles.from_response(self._post("/v1/roles", {}))
