@@ -125,10 +125,15 @@ def command_line() -> str:
     return shlex.join([str(exe), str(script), *sys.argv[1:]])
 
 
+_LOAD_AT_START = os.getloadavg()[0]
+
+
 def section_header(title: str, elapsed_s: float | None = None) -> str:
+    """Title, command, date, duration, machine, and the load average (other work on the machine)."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     took = f" · took {elapsed_s:.0f} s" if elapsed_s is not None else ""
-    return f"## {title}\n\n`{command_line()}` · {when}{took}\n\n{machine_line()}\n"
+    load = f"1-min load average {_LOAD_AT_START:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    return f"## {title}\n\n`{command_line()}` · {when}{took}\n\n{machine_line()}; {load}.\n"
 
 
 def write_section(path: Path | None, name: str, body: str) -> None:
