@@ -260,7 +260,9 @@ class GeminiClient:
             raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
 
     def _should_retry(self, state: tenacity.RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome is not None else None
+        if state.outcome is None or not state.outcome.failed:
+            return False
+        exc = state.outcome.exception()
         if not isinstance(exc, GeminiError) or not exc.retryable:
             return False
         if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_SECONDS:
