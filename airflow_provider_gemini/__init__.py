@@ -94,6 +94,22 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["number", "null"], "default": 10},
                         "description": "Per-request timeout; each retry gets a new one.",
                     },
+                    "rate_limit_per_minute": {
+                        "label": "Rate limit (requests a minute)",
+                        "schema": {"type": ["number", "string", "null"], "default": 600},
+                        "description": "This process's pacing for the key; 'off' disables it. "
+                        "Use an Airflow pool to share one key across workers.",
+                    },
+                    "burst": {
+                        "label": "Burst",
+                        "schema": {"type": ["integer", "null"], "default": 5},
+                        "description": "Requests allowed back to back before pacing starts.",
+                    },
+                    "max_attempts": {
+                        "label": "Attempts per request",
+                        "schema": {"type": ["integer", "null"], "default": 5},
+                        "description": "Tries of one request (first one included) on transient errors.",
+                    },
                 },
             }
         ],

@@ -73,7 +73,17 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
     }
     assert found["widgets"] == [
         f"extra__gemini_exchange__{name}"
-        for name in sorted(["account", "environment", "nonce_mode", "timeout"])
+        for name in sorted(
+            [
+                "account",
+                "burst",
+                "environment",
+                "max_attempts",
+                "nonce_mode",
+                "rate_limit_per_minute",
+                "timeout",
+            ]
+        )
     ]
 
 
