@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -122,13 +123,27 @@ def _masked(api_key: str) -> str:
     return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+def valid_hostname(hostname: str | None) -> bool:
+    """A DNS name or an IP address (IPv6 without its brackets); urlsplit lets spaces and the like through,
+    and requests would then fail with an error that is neither a GeminiError nor a retryable one."""
+    return bool(hostname) and _HOSTNAME.fullmatch(hostname or "") is not None
+
+
 def _check_base_url(base_url: str) -> str:
     try:
         parts = urlsplit(base_url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ValueError(f"base_url: not a valid URL: {base_url!r} ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    if (
+        parts.scheme not in ("http", "https")
+        or not valid_hostname(parts.hostname)
+        or parts.query
+        or parts.fragment
+    ):
         raise ValueError(f"base_url: expected http(s)://host[:port], got {base_url!r}")
     return base_url.rstrip("/")
 

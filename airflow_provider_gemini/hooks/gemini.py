@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 from airflow_provider_gemini.auth import NONCE_MODES
-from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
+from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient, valid_hostname
 from airflow_provider_gemini.exceptions import GeminiError
 
 ENVIRONMENTS = {"production": PRODUCTION_URL, "sandbox": SANDBOX_URL}
@@ -42,7 +42,7 @@ def _base_url(fail: Fail, conn: Any, environment: str) -> str:
         raise fail(f"host: {example}, got {host!r}") from None
     if (
         parts.scheme not in ("http", "https")
-        or not parts.hostname
+        or not valid_hostname(parts.hostname)
         or parts.path not in ("", "/")
         or parts.query
         or parts.fragment
