@@ -413,6 +413,11 @@ class _GeminiCancelBase(BaseOperator):
         before = (client.stats.requests, client.stats.retries)
         try:
             self._run(run, arguments)
+        except ValueError as error:
+            # The client refused a request before sending it (a master key without an account) or could
+            # not use an answer: the same task run again would do the same, so no Airflow retries.
+            self._publish(context, run, started, before, push=True)
+            raise AirflowFailException(str(error)) from error
         except Exception:
             self._publish(context, run, started, before, push=True)
             raise
