@@ -228,7 +228,10 @@ def main() -> None:
             "",
             md_table(bag_headers, bag_rows),
             "",
-            f"Import errors: {len(errors)}" + (f" ({json.dumps(errors)})" if errors else "") + ".",
+            f"Import errors: {len(errors)}" + (f" ({json.dumps(errors)})" if errors else "") + ". "
+            "The per-file durations are not comparable with each other: the first file DagBag parses "
+            "pays the one-time imports (Airflow's lazily loaded `@task` machinery, the provider's modules) "
+            "for all of them.",
             "",
         ]
         print()

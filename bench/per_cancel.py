@@ -7,12 +7,14 @@ same local exchange (their nonce sequences would collide on a shared counter key
               trust_env=True, which re-reads the environment for proxies on every request
   (b) client  GeminiClient(..., rate_limit_per_minute=None).cancel_order
   (c) hook    the operator's path: GeminiHook("gemini_default") with the connection from
-              AIRFLOW_CONN_GEMINI_DEFAULT, built once per round inside the timing (an operator builds it
-              once per execute), its client made by the hook's own GeminiHook.client_from_connection with
-              rate_limit_per_minute=None: get_client() always paces at the client's default 600/min,
-              burst 5 (the connection has no extra for it), which is measured apart (PACED cancels)
+              AIRFLOW_CONN_GEMINI_DEFAULT, its client made by the hook's own
+              GeminiHook.client_from_connection(conn, rate_limit_per_minute=None): get_client() always
+              paces at the client's default 600/min, burst 5 (the connection has no extra for it), which
+              is measured apart (PACED cancels), as is what an operator pays once per execute (building
+              the hook and its client, and the first cancel on a new connection: SETUP repetitions)
   (d) ccxt    ccxt.gemini.cancel_order, markets preset by hand, ccxt's own rate limiter off
-The variants run interleaved in rounds (a different order each round) so machine noise hits all alike.
+The variants run interleaved in many short rounds (a different order each round) so that machine noise
+hits all alike; each variant's client is built once, before the rounds, and kept warm.
 Wall time is time.perf_counter; CPU time is time.process_time of this process (the exchange's CPU is
 not in it).
 """
@@ -56,6 +58,7 @@ LABELS = {
 TARGETS = {"client": 1.15, "hook": 1.25}
 WARMUP = 20
 PACED = 50
+SETUP = 20
 
 # The one market ccxt needs to parse a btcusd order; load_markets would call public endpoints the local
 # exchange does not serve.
@@ -104,10 +107,10 @@ def hook_connection(url: str, key: Key) -> str:
 
 @dataclass
 class Variant:
-    """One way to cancel: `start_round` returns the cancel function a round calls per order."""
+    """One way to cancel an order by id, with a check of its answer and the per-round figures."""
 
     name: str
-    start_round: Callable[[], Callable[[str], Any]]
+    cancel: Callable[[str], Any]
     check: Callable[[Any], bool]
     wall_us: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
@@ -123,42 +126,29 @@ def build_variants(url: str, keys: dict[str, Key]) -> dict[str, Variant]:
         keys["client"].api_key, keys["client"].api_secret, base_url=url, rate_limit_per_minute=None
     )
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = hook_connection(url, keys["hook"])
-    ccxt_ex = ccxt_exchange(url, keys["ccxt"]) if "ccxt" in keys else None
-
-    def floor_round() -> Callable[[str], Any]:
-        return lambda oid: floor.cancel(int(oid))
-
-    def floor_env_round() -> Callable[[str], Any]:
-        return lambda oid: floor_env.cancel(int(oid))
-
-    def client_round() -> Callable[[str], Any]:
-        return client.cancel_order
-
-    def hook_round() -> Callable[[str], Any]:
-        hook = GeminiHook(gemini_conn_id="gemini_default")
-        client = hook.client_from_connection(
-            hook.get_connection(hook.gemini_conn_id), rate_limit_per_minute=None
-        )
-        return client.cancel_order
-
-    def ccxt_round() -> Callable[[str], Any]:
-        return ccxt_ex.cancel_order
-
+    hook = GeminiHook(gemini_conn_id="gemini_default")
+    hook_client = hook.client_from_connection(
+        hook.get_connection(hook.gemini_conn_id), rate_limit_per_minute=None
+    )
     variants = {
-        "floor": Variant("floor", floor_round, lambda r: r["is_cancelled"] is True),
-        "floor_env": Variant("floor_env", floor_env_round, lambda r: r["is_cancelled"] is True),
-        "client": Variant("client", client_round, lambda r: r.is_cancelled),
-        "hook": Variant("hook", hook_round, lambda r: r.is_cancelled),
-        "ccxt": Variant("ccxt", ccxt_round, lambda r: r["status"] == "canceled"),
+        "floor": Variant("floor", lambda oid: floor.cancel(int(oid)), lambda r: r["is_cancelled"] is True),
+        "floor_env": Variant(
+            "floor_env", lambda oid: floor_env.cancel(int(oid)), lambda r: r["is_cancelled"] is True
+        ),
+        "client": Variant("client", client.cancel_order, lambda r: r.is_cancelled),
+        "hook": Variant("hook", hook_client.cancel_order, lambda r: r.is_cancelled),
     }
+    if "ccxt" in keys:
+        exchange = ccxt_exchange(url, keys["ccxt"])
+        variants["ccxt"] = Variant("ccxt", exchange.cancel_order, lambda r: r["status"] == "canceled")
     return {name: variants[name] for name in VARIANTS}
 
 
 def run_round(variant: Variant, order_ids: list[str]) -> tuple[float, float]:
     """Cancel every id once; returns (wall s, CPU s), with the answers checked after the timing."""
+    cancel = variant.cancel
     answers = []
     c0, t0 = time.process_time(), time.perf_counter()
-    cancel = variant.start_round()
     for oid in order_ids:
         answers.append(cancel(oid))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -166,6 +156,28 @@ def run_round(variant: Variant, order_ids: list[str]) -> tuple[float, float]:
     if bad:
         raise RuntimeError(f"{variant.name}: {len(bad)} answers were not cancelled, e.g. {bad[0]!r}")
     return wall, cpu
+
+
+def run_setup(order_ids: list[str]) -> tuple[list[float], list[float]]:
+    """What an operator pays once per execute: (ms to build the hook and its client from the env
+    connection, ms of the first cancel on that client's new connection), one pair per order id."""
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+    setup_ms, first_ms = [], []
+    for oid in order_ids:
+        t0 = time.perf_counter()
+        hook = GeminiHook(gemini_conn_id="gemini_default")
+        client = hook.client_from_connection(
+            hook.get_connection(hook.gemini_conn_id), rate_limit_per_minute=None
+        )
+        t1 = time.perf_counter()
+        if not client.cancel_order(oid).is_cancelled:
+            raise RuntimeError(f"setup: order {oid} not cancelled")
+        t2 = time.perf_counter()
+        client.close()
+        setup_ms.append((t1 - t0) * 1e3)
+        first_ms.append((t2 - t1) * 1e3)
+    return setup_ms, first_ms
 
 
 def run_paced(order_ids: list[str]) -> tuple[float, float]:
@@ -182,8 +194,8 @@ def run_paced(order_ids: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--per-round", type=int, default=100, help="cancels per variant per round")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--per-round", type=int, default=20, help="cancels per variant per round")
     args = parser.parse_args()
     rounds, per_round = (2, 10) if args.quick else (args.rounds, args.per_round)
     started = time.monotonic()
@@ -191,10 +203,11 @@ def main() -> None:
     keys = {name: make_key(name) for name in VARIANTS}
     per_variant = WARMUP + rounds * per_round
     paced_n = 8 if args.quick else PACED
+    setup_n = 3 if args.quick else SETUP
     seed = [
         {
             "api_key": keys[name].api_key,
-            "count": per_variant + (paced_n if name == "hook" else 0),
+            "count": per_variant + (paced_n + setup_n if name == "hook" else 0),
             "prefix": name,
         }
         for name in VARIANTS
@@ -223,7 +236,8 @@ def main() -> None:
                 f"round {r + 1}/{rounds}: "
                 + ", ".join(f"{n} {v[0] / per_round * 1e6:.0f} us" for n, v in this_round.items())
             )
-        paced = run_paced(orders["hook"][per_variant:])
+        paced = run_paced(orders["hook"][per_variant : per_variant + paced_n])
+        setup_ms, first_ms = run_setup(orders["hook"][per_variant + paced_n :])
         journal = exchange.admin("journal")
 
     non_200 = sum(1 for e in journal if e["path"] == "/v1/order/cancel" and e["status"] != 200)
@@ -256,11 +270,14 @@ def main() -> None:
         *[f"- {line}" for line in verdicts],
         *([] if "ccxt" in VARIANTS else [f"- {NO_CCXT}"]),
         f"- The exchange answered {non_200} of the timed and warm-up cancels with anything but 200.",
-        "- (c) builds `GeminiHook(...)`, reads the connection from `AIRFLOW_CONN_GEMINI_DEFAULT` and makes "
-        "its client once per round inside the timing, as an operator run does once per execute, through "
-        "the hook's own `client_from_connection(conn, rate_limit_per_minute=None)`: the client `get_client()` "
-        "returns always paces at the client's default 600/min, burst 5, and the connection has no extra to "
-        "change that.",
+        "- (c) is the client an operator cancels with: `GeminiHook(...)` reads the connection from "
+        "`AIRFLOW_CONN_GEMINI_DEFAULT` and the hook's own `client_from_connection(conn, "
+        "rate_limit_per_minute=None)` makes it (the client `get_client()` returns always paces at the "
+        "client's default 600/min, burst 5, and the connection has no extra to change that).",
+        f"- Once per operator execute ({setup_n} repetitions): building the hook and its client from the "
+        f"env connection takes {Summary.of(setup_ms).fmt(2)} ms, and the first cancel on the client's new "
+        f"connection {Summary.of(first_ms).fmt(2)} ms (TCP connect included), against "
+        f"{Summary.of(variants['hook'].wall_us).median / 1e3:.2f} ms for a warm one.",
         f"- That real `GeminiHook(...).get_client()` path, limiter on: {paced_n} cancels took "
         f"{paced[0]:.2f} s ({paced[0] / paced_n * 1e3:.1f} ms each, the first few of them free from the "
         f"limiter's burst), with {paced[1] / paced_n * 1e6:.0f} us of CPU each: pacing costs wall time, "
