@@ -282,10 +282,11 @@ def main() -> None:
         f"{paced[0]:.2f} s ({paced[0] / paced_n * 1e3:.1f} ms each, the first few of them free from the "
         f"limiter's burst), with {paced[1] / paced_n * 1e6:.0f} us of CPU each: pacing costs wall time, "
         "not CPU.",
-        "- (b) and (c) send a JSON integer order id; ccxt sends the id and the nonce as JSON strings "
-        "(the local exchange accepts both). ccxt: `enableRateLimit` off, markets set with `set_markets` "
-        "from a one-market list (its `load_markets` needs public endpoints the local exchange does not "
-        "serve).",
+        "- (b) and (c) send a JSON integer order id. ccxt (`gemini.sign`) sends its nonce as a JSON string "
+        "of milliseconds from a per-instance counter (`incrementing_nonce`), the order id as given (a "
+        "string here), and repeats the fields as a JSON body; the local exchange accepts digit strings for "
+        "both. ccxt runs with `enableRateLimit` off and its markets set with `set_markets` from a "
+        "one-market list: its `load_markets` needs public endpoints the local exchange does not serve.",
         "- Every variant has its own key on the exchange: ccxt counts its millisecond nonce per instance, "
         "the floor per process and GeminiClient per host (a lock file): on one counter key they would "
         "refuse each other's nonces.",
