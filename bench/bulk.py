@@ -6,7 +6,8 @@ runs `GeminiCancelStaleOrdersOperator(max_age=3600).execute(context)` with the c
 AIRFLOW_CONN_GEMINI_DEFAULT, as an Airflow task would. The parent then reads the exchange's own journal
 (`/_admin/journal`: every answer it sent, 429s included) and book (`/_admin/orders`).
 
-A reference run with both limits off shows what the operator path costs without pacing.
+A reference run with both limits off shows what the operator path costs without pacing. The client's
+limiter comes from the connection's extras (rate_limit_per_minute, burst), as a user would set them.
 
 Ideal time: the exchange lets `burst` requests through at once, then `rate` a second, so R requests
 need (R - burst) / rate seconds; R counts the requests the run needed (the listing and each cancel:
@@ -42,7 +43,7 @@ FRESH = 10
 STALE_AGE_S = 2 * 3600
 MAX_AGE_S = 3600
 TARGET_FRACTION = 0.95
-DEFAULT_LIMIT = (600.0, 5)  # GeminiClient's own default, which GeminiHook.get_client() uses
+DEFAULT_LIMIT = (600.0, 5)  # the client's default, which a connection without limiter extras gets
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -64,27 +65,19 @@ class _TaskInstance:
         self.pushed[key] = value
 
 
-def watch_clients(limit: str | None) -> list[Any]:
-    """Keep each client the hook makes (to read its stats); with `limit` ("rate,burst"), set its limiter.
-
-    Only through the hook's public `client_from_connection(conn, extra, **overrides)`: the connection
-    has no extra for the limiter, so a run against an exchange faster than 600/min sets it here.
-    """
+def watch_clients() -> list[Any]:
+    """Keep each client the hook hands out, to read its stats after the run (it changes nothing else)."""
     from airflow_provider_gemini.hooks.gemini import GeminiHook
 
     made: list[Any] = []
-    original = GeminiHook.client_from_connection.__func__  # type: ignore[attr-defined]
-    overrides: dict[str, Any] = {}
-    if limit:
-        rate, burst = limit.split(",")
-        overrides = {"rate_limit_per_minute": None if rate == "off" else float(rate), "burst": int(burst)}
+    get_client = GeminiHook.get_client
 
-    def client_from_connection(cls: Any, conn: Any, extra: Any = None, **more: Any) -> Any:
-        client = original(cls, conn, extra, **{**overrides, **more})
+    def watched(self: Any) -> Any:
+        client = get_client(self)
         made.append(client)
         return client
 
-    GeminiHook.client_from_connection = classmethod(client_from_connection)  # type: ignore[assignment]
+    GeminiHook.get_client = watched  # type: ignore[method-assign]
     return made
 
 
@@ -93,7 +86,7 @@ def worker() -> None:
     rss_start = rss_mib()
     from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
 
-    clients = watch_clients(os.environ.get("BENCH_CLIENT_LIMIT"))
+    clients = watch_clients()
     operator = GeminiCancelStaleOrdersOperator(task_id="bulk_cancel_stale", max_age=MAX_AGE_S)
     rss_before = rss_mib()
     c0, t0 = time.process_time(), time.perf_counter()
@@ -127,13 +120,16 @@ def one_run(n: int, rate: float | None, burst: int, key: Key) -> dict[str, Any]:
         exchange_process([key], seed, rate_limit_per_minute=rate, burst=burst) as exchange,
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        extra: dict[str, Any] = {}
+        if rate is None:
+            extra = {"rate_limit_per_minute": "off"}
+        elif (rate, burst) != DEFAULT_LIMIT:
+            extra = {"rate_limit_per_minute": rate, "burst": burst}
         env.update(
             AIRFLOW_HOME=home,
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
-            AIRFLOW_CONN_GEMINI_DEFAULT=hook_connection(exchange.url, key),
+            AIRFLOW_CONN_GEMINI_DEFAULT=hook_connection(exchange.url, key, **extra),
         )
-        if (rate, burst) != DEFAULT_LIMIT:
-            env["BENCH_CLIENT_LIMIT"] = f"{'off' if rate is None else f'{rate:g}'},{burst}"
         with tempfile.TemporaryFile() as err:
             done = subprocess.run(
                 [sys.executable, __file__, "--worker"],
@@ -254,12 +250,11 @@ def main() -> None:
     body = [
         section_header(f"3. Bulk: {n} stale orders through GeminiCancelStaleOrdersOperator", elapsed),
         f"Per run: a fresh exchange with {n} stale orders ({STALE_AGE_S // 3600} h old) and {FRESH} fresh "
-        f"ones, and a fresh worker process that runs the operator (`max_age={MAX_AGE_S}`) once. At 600/min "
-        "the operator path is untouched: `GeminiHook.get_client()` gives the client's default limiter, "
-        "600/min burst 5, the exchange's own. The connection has no extra for the limiter, so for the "
-        "6,000/min run the worker passes `rate_limit_per_minute=6000, burst=5` through the hook's public "
-        "`client_from_connection(conn, **overrides)` (and `rate_limit_per_minute=None` for the reference "
-        "run, where the exchange's limit is off too). Ideal = (requests the run needed - burst) / rate, "
+        f"ones, and a fresh worker process that runs the operator (`max_age={MAX_AGE_S}`) once, with the "
+        "connection from `AIRFLOW_CONN_GEMINI_DEFAULT`. At 600/min the connection has no limiter extras: "
+        "the client's default, 600/min burst 5, is the exchange's own. The 6,000/min run sets the extras "
+        '`rate_limit_per_minute: 6000, burst: 5`; the reference run `rate_limit_per_minute: "off"` (the '
+        "exchange's limit is off too). Ideal = (requests the run needed - burst) / rate, "
         "the needed requests being the listing and one cancel per order; achieved = ideal / elapsed, "
         "elapsed being `execute()` in the worker (hook, connection, listing and report included). "
         "429s: the exchange's journal; client 429 retries: the client's `stats.retries_by_kind`.",
