@@ -20,12 +20,17 @@ import hmac
 import json
 import re
 import socket
+import sqlite3
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from airflow_run import airflow_env, run_dags_test, task_states
 
 from airflow_provider_gemini.auth import build_private_headers
 from airflow_provider_gemini.client import GeminiClient
@@ -36,6 +41,15 @@ CANARY_KEY = "account-KEYcanary-3b8e1d"
 CANARY_SECRET = "SECRET-canary-7f3a9c"
 PAYLOAD_PREFIX = base64.b64encode(b'{"request').decode()[:12]  # "eyJyZXF1ZXN0": every payload header
 CANCEL = "/v1/order/cancel"
+EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "dags"
+TEST_DAGS = Path(__file__).with_name("dags")
+HOUR_MS = 3_600_000
+# Airflow's own supervisor line under `airflow dags test` at DEBUG, the one place the connection's
+# values appear (it asks the log masker to hide them). Matched whole, so nothing else on it escapes.
+MASK_SECRET_LINE = re.compile(
+    r"\S+ \[debug\s*\] Sending request\s+loc=supervisor\.py:\d+ "
+    r"msg=MaskSecret\(value='[^'\\]*', name=(?:None|'[^'\\]*'), type='MaskSecret'\)"
+)
 
 
 def payload_header(payload: Mapping[str, Any]) -> str:
@@ -269,3 +283,138 @@ def test_client_repr_and_stats_hide_the_key_and_secret(gemini_exchange: GeminiEx
     for text in (repr(client), str(client), repr(client.stats), repr(vars(client).keys())):
         assert not leaks(text, needles), text
     assert re.search(r"api_key='account-\*\*\*'", repr(client)), repr(client)
+
+
+def test_client_and_hook_repr_hide_the_key_and_secret(
+    gemini_exchange: GeminiExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", gemini_exchange.airflow_connection())
+    hook = GeminiHook()
+    client = hook.get_client()
+    secret, key = gemini_exchange.api_secret or "", gemini_exchange.api_key or ""
+    for text in (repr(hook), str(hook), repr(vars(hook)), repr(client), str(client)):
+        assert secret not in text and key not in text, text
+
+
+# --- the example DAGs at DEBUG ---------------------------------------------------------------------------
+
+
+def without_mask_secret_lines(text: str) -> tuple[str, int]:
+    """The text minus Airflow's MaskSecret lines, and how many there were."""
+    kept, dropped = [], 0
+    for line in text.splitlines():
+        if MASK_SECRET_LINE.fullmatch(line):
+            dropped += 1
+        else:
+            kept.append(line)
+    return "\n".join(kept), dropped
+
+
+def stored_values(db: Path) -> dict[str, list[str]]:
+    """The XComs, rendered template fields and trigger kwargs Airflow stored, as text."""
+    queries = {
+        "xcom": "SELECT dag_id, task_id, key, value FROM xcom",
+        "rendered_task_instance_fields": "SELECT dag_id, task_id, rendered_fields FROM rendered_task_instance_fields",
+        "trigger": "SELECT classpath, kwargs FROM trigger",
+    }
+    with sqlite3.connect(db) as conn:
+        return {table: [repr(row) for row in conn.execute(query)] for table, query in queries.items()}
+
+
+def cancel_once_watched(exchange: GeminiExchange, order_id: str, stop: threading.Event) -> None:
+    """Cancel `order_id` on the exchange after its status was read twice (the poke, then the trigger)."""
+    while not stop.wait(0.05):
+        polls = [
+            e
+            for e in exchange.journal
+            if e.path == "/v1/order/status" and str(e.payload.get("order_id")) == order_id
+        ]
+        if len(polls) >= 2:
+            exchange.cancel_by_exchange(order_id, "Requested")
+            return
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.gemini_exchange(rate_limit_per_minute=None, api_key=CANARY_KEY, api_secret=CANARY_SECRET)
+def test_dag_runs_at_debug_leak_no_secret(gemini_exchange: GeminiExchange, tmp_path: Path) -> None:
+    ex = gemini_exchange
+    now = int(time.time() * 1000)
+    stale = [str(ex.place_order(CANARY_KEY, timestampms=now - 2 * HOUR_MS - i)["order_id"]) for i in range(4)]
+    by_id = [str(ex.place_order(CANARY_KEY)["order_id"]) for _ in range(2)]
+    watched = str(ex.place_order(CANARY_KEY)["order_id"])
+    session = [str(ex.place_order(CANARY_KEY)["order_id"]) for _ in range(2)]
+    flaky = json.loads(ex.airflow_connection())
+    flaky["extra"] = {"timeout": 0.3, "max_attempts": 2}
+    home = tmp_path / "home"
+    env = airflow_env(
+        home,
+        EXAMPLE_DAGS,
+        {
+            "AIRFLOW_CONN_GEMINI_DEFAULT": ex.airflow_connection(),
+            "AIRFLOW_CONN_GEMINI_FLAKY": json.dumps(flaky),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG",
+        },
+    )
+    outputs: dict[str, str] = {}
+    states: dict[str, dict[str, str | None]] = {}
+
+    def run(folder: Path, dag_id: str, conf: dict[str, Any]) -> None:
+        result = run_dags_test(folder, dag_id, conf=conf, env=env, timeout=150)
+        outputs[dag_id] = result.stdout + "\n" + result.stderr
+        (tmp_path / f"{dag_id}.out").write_text(outputs[dag_id])
+        states[dag_id] = task_states(home, dag_id)
+
+    run(EXAMPLE_DAGS, "gemini_cancel_stale_orders", {"max_age_minutes": 60})
+    run(EXAMPLE_DAGS, "gemini_cancel_order", {"order_ids": by_id})
+    ex.inject_fault("drop", path="/v1/heartbeat", count=2)
+    ex.inject_fault("delay", path="/v1/roles", count=2, delay=0.8)
+    stop = threading.Event()
+    canceller = threading.Thread(target=cancel_once_watched, args=(ex, watched, stop), daemon=True)
+    canceller.start()
+    try:
+        run(TEST_DAGS, "reliability_secrets", {"watch_ids": [watched], "unknown_id": str(2**62)})
+    finally:
+        stop.set()
+        canceller.join(timeout=5)
+    run(EXAMPLE_DAGS, "gemini_end_of_session", {})
+
+    # The runs did what they were meant to, so the search below covers real output.
+    assert set(states["gemini_cancel_stale_orders"].values()) == {"success"}, states
+    assert set(states["gemini_cancel_order"].values()) == {"success"}, states
+    assert set(states["gemini_end_of_session"].values()) == {"success"}, states
+    assert states["reliability_secrets"] == {
+        "wait_cancelled": "success",
+        "heartbeat_dropped": "failed",
+        "roles_timeout": "failed",
+        "unknown_order": "failed",
+    }, outputs["reliability_secrets"][-5000:]
+    failing = outputs["reliability_secrets"]
+    assert "ConnectionError" in failing and "Timeout" in failing and "not found" in failing
+    for oid in [*stale, *by_id, watched, *session]:
+        assert ex.order(oid)["is_cancelled"], oid
+    assert any(e.path == "/v1/order/status" for e in ex.journal)
+
+    needles = forbidden(ex.journal, [CANARY_SECRET], [CANARY_KEY])
+    assert sum(label.startswith("signature #") for label in needles) >= 20
+    found: dict[str, list[str]] = {}
+    mask_lines = 0
+    for dag_id, output in outputs.items():
+        text, dropped = without_mask_secret_lines(output)
+        mask_lines += dropped
+        found[f"output of {dag_id}"] = leaks(text, needles)
+    files = [path for path in home.rglob("*") if path.is_file()]
+    for path in files:
+        found[str(path.relative_to(home))] = leaks(path.read_bytes().decode("latin-1"), needles)
+    stored = stored_values(home / "airflow.db")
+    assert stored["xcom"] and stored["rendered_task_instance_fields"], stored
+    for table, rows in stored.items():
+        found[f"table {table}"] = leaks("\n".join(rows), needles)
+    leaked = {where: labels for where, labels in found.items() if labels}
+    assert not leaked, f"leaked: {leaked} (files searched: {[str(p.relative_to(home)) for p in files]})"
+    (tmp_path / "figures.txt").write_text(
+        f"{len(outputs)} DAG runs, {len(ex.journal)} requests, {len(needles)} strings searched for, "
+        f"{len(files)} files, {sum(map(len, stored.values()))} stored rows, "
+        f"{mask_lines} MaskSecret lines left out\n"
+    )
