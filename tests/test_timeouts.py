@@ -8,14 +8,18 @@ pytest-timeout catches a hang; no assertion is made on elapsed time.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.exceptions import ServiceError
+from airflow_provider_gemini.operators.cancel import GeminiCancelOrderOperator
 
 API_KEY = "account-reliability-timeouts"
 API_SECRET = "timeouts-secret-91c4"
@@ -93,3 +97,40 @@ def test_cancel_against_a_hung_exchange_times_out_after_every_attempt(
     assert hung_server.accepted == max_attempts
     assert client.stats.requests == max_attempts
     assert client.stats.retries_by_kind == ({"service_error": max_attempts - 1} if max_attempts > 1 else {})
+
+
+class RecordingTI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+@pytest.mark.timeout(60)
+def test_cancel_task_against_a_hung_exchange_fails_retryably_after_the_configured_attempts(
+    hung_server: HungServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the connection (timeout and max_attempts extras), as a task: the listing and then the
+    cancel each give up after max_attempts, the report says why, and Airflow may retry the task."""
+    conn = {
+        "conn_type": "gemini_exchange",
+        "login": API_KEY,
+        "password": API_SECRET,
+        "host": hung_server.url,
+        "extra": {"timeout": 0.3, "max_attempts": 2, "rate_limit_per_minute": "off"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", json.dumps(conn))
+    ti = RecordingTI()
+    op = GeminiCancelOrderOperator(task_id="cancel", order_id=9007199254740993)
+    with pytest.raises(AirflowException) as caught:
+        op.execute({"ti": ti, "params": {}})  # type: ignore[arg-type]
+    assert not isinstance(caught.value, AirflowFailException), "a timeout is transient: Airflow should retry"
+    report = ti.pushed["return_value"]
+    assert [(f["order_id"], f["kind"], f["reason"]) for f in report["failed"]] == [
+        ("9007199254740993", "service_error", "Timeout")
+    ]
+    assert "no answer within 0.3 s" in report["failed"][0]["message"]
+    # Two attempts for the listing (which the operator can go on without), two for the cancel.
+    assert hung_server.accepted == 4
+    assert report["stats"]["requests"] == 4 and report["stats"]["retries"] == 2
