@@ -35,15 +35,17 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 # Sections keep this order in RESULTS.md whichever script ran last.
-SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "memory", "parse")
+SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "parse", "memory")
 
 RESULTS_PREAMBLE = """# Benchmark results
 
 Written by `make bench` (the scripts in `bench/`); each section is rewritten by the script named in it,
 on the machine it names. Every figure is the median of repeated runs with [min - max] after it, and
 every ratio is taken against a baseline measured in the same run, against the same local exchange
-(`airflow_provider_gemini.testing.exchange`, its own process on 127.0.0.1). CPU figures are the client
-process's own CPU time (user + system, `time.process_time`), never the server's.
+(`GeminiExchange` from `airflow_provider_gemini.testing.exchange`, started by `bench/_exchange_server.py`
+in its own process on 127.0.0.1 and seeded there). CPU figures are the client process's own CPU time
+(user + system), never the server's. Each section names its 1-minute load average: the machine is shared,
+so read wide [min - max] ranges as other work, which the interleaved runs spread over every variant.
 """
 
 
@@ -136,15 +138,24 @@ def section_header(title: str, elapsed_s: float | None = None) -> str:
     return f"## {title}\n\n`{command_line()}` · {when}{took}\n\n{machine_line()}; {load}.\n"
 
 
-def write_section(path: Path | None, name: str, body: str) -> None:
-    """Replace (or add) one section of RESULTS.md, keeping the others and the fixed order."""
+Target = tuple[str, str, str]  # (the target, what was measured, "met" / "NOT met" / why not measured)
+
+_TARGETS = re.compile(r"<!-- targets: (.*?) -->\n")
+
+
+def write_section(path: Path | None, name: str, body: str, targets: Sequence[Target] = ()) -> None:
+    """Replace (or add) one section of RESULTS.md, keeping the others in the fixed order, and rebuild
+    the table of targets at the top from every section's own targets."""
     if path is None:
         return
-    text = path.read_text() if path.exists() else RESULTS_PREAMBLE
+    text = path.read_text() if path.exists() else ""
     found = dict(re.findall(r"<!-- section:(\w+) -->\n(.*?)<!-- /section:\1 -->\n", text, flags=re.S))
-    found[name] = body.rstrip("\n") + "\n"
+    found[name] = f"<!-- targets: {json.dumps(list(targets))} -->\n" + body.rstrip("\n") + "\n"
     names = [n for n in SECTION_ORDER if n in found] + sorted(set(found) - set(SECTION_ORDER))
+    rows = [row for n in names for m in _TARGETS.findall(found[n]) for row in json.loads(m)]
     parts = [RESULTS_PREAMBLE]
+    if rows:
+        parts.append("## Targets at a glance\n\n" + md_table(["target", "measured", "verdict"], rows) + "\n")
     parts += [f"<!-- section:{n} -->\n{found[n]}<!-- /section:{n} -->\n" for n in names]
     path.write_text("\n".join(parts))
 

@@ -209,14 +209,14 @@ def main() -> None:
     ]
     rows = []
     mem_rows = []
-    met = True
+    rate_met = clean_met = True
     for rate, results in runs.items():
         fraction = "-"
         if rate is not None:
             fr = Summary.of([r["fraction"] * 100 for r in results])
             fraction = fr.fmt(1, "%")
-            met = met and fr.median >= TARGET_FRACTION * 100
-        met = met and all(
+            rate_met = rate_met and fr.median >= TARGET_FRACTION * 100
+        clean_met = clean_met and all(
             r["report_429"] == 0 and r["stale_cancelled"] == n and r["fresh_live"] == FRESH for r in results
         )
         rows.append(
@@ -262,10 +262,33 @@ def main() -> None:
         md_table(headers, rows),
         "",
         f"Target: >= {TARGET_FRACTION:.0%} of the allowed rate, no 429 in the operator's report, every "
-        f"stale order cancelled and every fresh one left live: **{'met' if met else 'NOT met'}**.",
+        f"stale order cancelled and every fresh one left live: **{'met' if rate_met and clean_met else 'NOT met'}**.",
         "",
     ]
-    write_section(results_path(args), "bulk", "\n".join(body))
+    paced = {rate: results for rate, results in runs.items() if rate is not None}
+    rates = "; ".join(
+        f"{Summary.of([r['fraction'] * 100 for r in results]).median:.1f}% at {rate:g}/min"
+        for rate, results in paced.items()
+    )
+    everything = [r for results in runs.values() for r in results]
+    clean = (
+        f"{sum(r['report_429'] for r in everything)} 429s in {len(everything)} reports "
+        f"(the exchange sent {sum(r['http_429'] for r in everything)}); "
+        f"{min(r['stale_cancelled'] for r in everything)}/{n} stale orders cancelled in every run"
+    )
+    targets = [
+        (
+            f"Bulk cancel of {n} stale orders at >= {TARGET_FRACTION:.0%} of the allowed rate",
+            rates,
+            "met" if rate_met else "NOT met",
+        ),
+        (
+            "No 429 reaches the operator's report; every order ends cancelled",
+            clean,
+            "met" if clean_met else "NOT met",
+        ),
+    ]
+    write_section(results_path(args), "bulk", "\n".join(body), targets)
     mem_headers = ["run", "RSS at start", "after imports", "after execute", "peak (VmHWM)", "execute grew"]
     print(text_table(mem_headers, mem_rows))
     mem_body = [

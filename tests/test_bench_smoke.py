@@ -63,6 +63,7 @@ def test_bench_script_runs_quick(script: str, quick_runs: dict[str, QuickRun]) -
     for section in SCRIPTS[script]:
         assert f"<!-- section:{section} -->" in run.results
         assert f"<!-- /section:{section} -->" in run.results
+    assert "## Targets at a glance" in run.results
     assert "NaN" not in run.results
 
 
