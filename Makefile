@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy --strict $(PKG)
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/per_cancel.py
