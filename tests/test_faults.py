@@ -8,8 +8,8 @@ then run again as Airflow's task retries would (the example DAGs use retries=2, 
 all). What is checked is what a user checks: the exchange's own book, and the reports.
 
 The fault pattern is seeded, so it is the same on every run; the client's backoff jitter is not.
-Both scenarios spend most of their time in the client's backoff sleeps, so a module fixture runs them
-side by side (each with its own exchange, key and connection) and each test checks one of them.
+Both scenarios spend most of their time in the client's backoff sleeps, so one test runs them side
+by side, each with its own exchange, key and connection, and checks both.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,32 +238,32 @@ class Scenario:
             if self.maintenance_seconds:
                 self.exchange.maintenance_for(self.maintenance_seconds)
             self.tries = run_tries(self.exchange, self.conn_id)
-        except BaseException as exc:  # reported by the test that checks this scenario
+        except BaseException as exc:  # reported by the test once both have run
             self.error = exc
 
 
-@pytest.fixture(scope="module")
-def scenarios() -> Iterator[dict[str, Scenario]]:
+def run_side_by_side() -> dict[str, Scenario]:
     """Both sweeps, run at the same time: 30% faults, and 30% faults after 5 s of maintenance."""
     runs = {name: Scenario(name, seconds) for name, seconds in (("faults", 0.0), ("maintenance", 5.0))}
     with pytest.MonkeyPatch.context() as patch:
-        for scenario in runs.values():
-            exchange = GeminiExchange(rate_limit_per_minute=None)
-            exchange.add_key(f"account-reliability-{scenario.name}", f"{scenario.name}-secret-0c7e")
-            scenario.exchange = exchange.start()
-            scenario.targeted, scenario.untouched = place_book(exchange)
-            patch.setenv(f"AIRFLOW_CONN_{scenario.conn_id.upper()}", connection(exchange))
-            arm_faults(exchange)
         try:
+            for scenario in runs.values():
+                exchange = GeminiExchange(rate_limit_per_minute=None)
+                exchange.add_key(f"account-reliability-{scenario.name}", f"{scenario.name}-secret-0c7e")
+                scenario.exchange = exchange.start()
+                scenario.targeted, scenario.untouched = place_book(exchange)
+                patch.setenv(f"AIRFLOW_CONN_{scenario.conn_id.upper()}", connection(exchange))
+                arm_faults(exchange)
             threads = [threading.Thread(target=s.run, name=s.name) for s in runs.values()]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join(timeout=280)
-            yield runs
         finally:
             for scenario in runs.values():
-                scenario.exchange.stop()
+                if hasattr(scenario, "exchange"):
+                    scenario.exchange.stop()
+    return runs
 
 
 def finished(scenario: Scenario) -> list[dict[str, Any]]:
@@ -273,8 +273,7 @@ def finished(scenario: Scenario) -> list[dict[str, Any]]:
     return scenario.tries
 
 
-def test_stale_sweep_of_200_orders_through_a_30_percent_fault_rate(scenarios: dict[str, Scenario]) -> None:
-    scenario = scenarios["faults"]
+def check_faults(scenario: Scenario) -> str:
     tries = finished(scenario)
     figures = check_sweep(scenario.exchange, scenario.targeted, scenario.untouched, tries)
     journal = [e for t in tries for e in t["journal"]]
@@ -284,13 +283,32 @@ def test_stale_sweep_of_200_orders_through_a_30_percent_fault_rate(scenarios: di
     assert sum(1 for e in journal if e.fault == "rate_limit") >= 2, figures
     retried = len(tries) == 2 and tries[1]["report"]["cancelled"]
     assert retried, f"FAULT_SEED no longer leaves a live order to the second try; pick another ({figures})"
-    print(f"faults: {figures}")
+    return figures
 
 
-def test_stale_sweep_of_200_orders_through_maintenance_then_faults(scenarios: dict[str, Scenario]) -> None:
-    scenario = scenarios["maintenance"]
+def check_maintenance(scenario: Scenario) -> str:
     tries = finished(scenario)
     figures = check_sweep(scenario.exchange, scenario.targeted, scenario.untouched, tries)
     maintenance = [e for t in tries for e in t["journal"] if e.reason == "Maintenance" and e.fault is None]
     assert maintenance, f"the maintenance window was never met ({figures})"
-    print(f"maintenance: {len(maintenance)} answers 503 Maintenance; {figures}")
+    return f"{len(maintenance)} answers 503 Maintenance; {figures}"
+
+
+def test_stale_sweeps_of_200_orders_through_faults_and_through_maintenance(tmp_path: Path) -> None:
+    """One test for both scenarios, so that no test distribution (pytest -n) runs the pair twice."""
+    runs = run_side_by_side()
+    results: dict[str, str] = {}
+    problems: dict[str, BaseException] = {}
+    for name, check in (("faults", check_faults), ("maintenance", check_maintenance)):
+        try:
+            results[name] = check(runs[name])
+        except BaseException as exc:  # check both, then report both
+            problems[name] = exc
+    figures = "\n".join(f"{name}: {text}" for name, text in results.items())
+    (tmp_path / "figures.txt").write_text(figures + "\n")
+    print(figures)
+    if problems:
+        first = next(iter(problems.values()))
+        raise AssertionError(
+            "; ".join(f"{name}: {exc!r}"[:3000] for name, exc in problems.items()) + f"\npassed: {figures}"
+        ) from first
