@@ -35,6 +35,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
 MAX_RETRY_AFTER_SECONDS = 60.0
 NONCE_RETRY_SECONDS = (0.01, 0.1)
+NONCE_EXTRA_ATTEMPTS = 5
 RATE_SAFETY_MARGIN = 0.015
 _UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
 
@@ -210,7 +211,7 @@ class GeminiClient:
         self._session_lock = threading.Lock()
         self.stats = ClientStats()
         self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=self._should_stop,
             retry=self._should_retry,
             wait=self._wait_seconds,
             before_sleep=self._before_sleep,
@@ -257,15 +258,20 @@ class GeminiClient:
         headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
         session = self._session or self._open_session()
         self.stats.count_request()
+        failure: ServiceError | None = None
         try:
             response = session.post(
                 self.base_url + path, headers=headers, timeout=self.timeout, allow_redirects=False
             )
-        except requests.Timeout as exc:
-            raise ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        except requests.Timeout:
+            failure = ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout")
+        except requests.RequestException as exc:
             message = f"{path}: connection to {self.base_url} failed ({type(exc).__name__})"
-            raise ServiceError(message, reason="ConnectionError") from exc
+            failure = ServiceError(message, reason="ConnectionError")
+        if failure is not None:
+            # Raised outside the except block on purpose: the requests exception holds the prepared
+            # request, signed headers included, and must not ride along as __cause__ or __context__.
+            raise failure
         status = response.status_code
         if not 200 <= status < 300:
             raise error_from_response(status, response.headers, response.content)
@@ -273,6 +279,15 @@ class GeminiClient:
             return decode_json(response.content)
         except ValueError:
             raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+
+    def _should_stop(self, state: tenacity.RetryCallState) -> bool:
+        """Stop after max_attempts; a nonce collision (another process signed later but arrived first)
+        costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often."""
+        exc = state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
+        limit = self.max_attempts
+        if isinstance(exc, GeminiError) and exc.kind == "invalid_nonce":
+            limit += NONCE_EXTRA_ATTEMPTS
+        return state.attempt_number >= limit
 
     def _should_retry(self, state: tenacity.RetryCallState) -> bool:
         if state.outcome is None or not state.outcome.failed:
@@ -305,11 +320,10 @@ class GeminiClient:
         self.stats.count_retry(kind)
         sleep = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
-            "Gemini %s failed (%s); attempt %d of %d in %.2f s",
+            "Gemini %s failed (%s); attempt %d in %.2f s",
             state.args[0],
             exc,
             state.attempt_number + 1,
-            self.max_attempts,
             sleep,
         )
 
