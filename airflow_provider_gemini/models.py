@@ -35,16 +35,17 @@ def parse_order_id(value: object, field: str = "order_id") -> int:
     return number
 
 
-def _list_literal(text: str, field: str) -> list[Any]:
+def list_from_text(text: str, field: str, what: str = "list") -> list[Any]:
+    """The list a template rendered as text: JSON (`tojson`) or a Python literal (`{{ value }}`)."""
     try:
         parsed = json.loads(text)
     except ValueError:
         try:
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"{field}: not a list of order ids: {_show(text)}") from None
+            raise ValueError(f"{field}: not a {what}: {_show(text)}") from None
     if not isinstance(parsed, list | tuple):
-        raise ValueError(f"{field}: not a list of order ids: {_show(text)}")
+        raise ValueError(f"{field}: not a {what}: {_show(text)}")
     return list(parsed)
 
 
@@ -54,7 +55,7 @@ def parse_order_ids(value: object, field: str = "order_id") -> list[int]:
     if isinstance(value, list | tuple):
         items = list(value)
     elif isinstance(value, str) and value.strip()[:1] in ("[", "("):
-        items = _list_literal(value.strip(), field)
+        items = list_from_text(value.strip(), field, "list of order ids")
     else:
         return [parse_order_id(value, field)]
     if not items:

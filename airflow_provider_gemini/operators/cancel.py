@@ -7,8 +7,6 @@ pushes it to XCom before it fails, so a failure part-way never hides what was ca
 
 from __future__ import annotations
 
-import ast
-import json
 import math
 import re
 import time
@@ -21,7 +19,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_gemini.exceptions import GeminiError
-from airflow_provider_gemini.models import CancelReport, Order, parse_order_ids
+from airflow_provider_gemini.models import CancelReport, Order, list_from_text, parse_order_ids
 
 if TYPE_CHECKING:
     import jinja2
@@ -171,19 +169,6 @@ def _parse_cap(value: object, name: str = "max_cancellations") -> int | None:
     return number
 
 
-def _literal_list(text: str, name: str) -> list[Any]:
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"{name}: not a list: {_show(text)}") from None
-    if not isinstance(parsed, list | tuple):
-        raise ValueError(f"{name}: not a list: {_show(text)}")
-    return list(parsed)
-
-
 def _parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | None:
     """None (every symbol), one symbol, "btcusd,ethusd", a list, or a list's text; lower-cased."""
     if _is_none(value):
@@ -191,7 +176,7 @@ def _parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | No
     items: list[Any]
     if isinstance(value, str):
         text = value.strip()
-        items = _literal_list(text, name) if text[:1] in ("[", "(") else text.split(",")
+        items = list_from_text(text, name) if text[:1] in ("[", "(") else text.split(",")
     elif isinstance(value, list | tuple | set | frozenset):
         items = sorted(value) if isinstance(value, set | frozenset) else list(value)
     else:
