@@ -246,7 +246,20 @@ class CancelReport:
         default_factory=lambda: {"requests": 0, "retries": 0, "elapsed_seconds": 0.0}
     )
 
+    _recorded: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    """Every id ever filed here: a new id (the usual case) is filed without scanning every list."""
+
+    def __post_init__(self) -> None:
+        self._index()
+
+    def _index(self) -> None:
+        self._recorded.update(oid for name in OUTCOMES for oid in getattr(self, name))
+        self._recorded.update(entry["order_id"] for entry in self.failed if entry["order_id"] is not None)
+
     def _forget(self, order_id: str) -> None:
+        if order_id not in self._recorded:
+            self._recorded.add(order_id)
+            return
         for name in OUTCOMES:
             ids: list[str] = getattr(self, name)
             if order_id in ids:
@@ -358,6 +371,7 @@ class CancelReport:
         ]
         report.orders = {str(oid): dict(summary) for oid, summary in (data.get("orders") or {}).items()}
         report.stats.update(data.get("stats") or {})
+        report._index()
         return report
 
     def summary_line(self) -> str:

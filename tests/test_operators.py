@@ -664,6 +664,24 @@ def test_report_keeps_each_id_in_one_place_and_round_trips() -> None:
     assert report.outcome_of("9007199254740997") == "failed"
 
 
+def test_a_report_read_back_from_xcom_still_moves_ids_it_holds() -> None:
+    stored = CancelReport()
+    stored.record("21", "dry_run")
+    stored.fail("22", "service_error", "Maintenance", "later")
+    report = CancelReport.from_dict(json.loads(json.dumps(stored.to_dict())))
+    report.record("21", "cancelled")
+    report.record("22", "already_cancelled")
+    built = CancelReport(dry_run=["23"])
+    built.record("23", "cancelled")
+    assert (report.cancelled, report.dry_run, report.already_cancelled, report.failed) == (
+        ["21"],
+        [],
+        ["22"],
+        [],
+    )
+    assert (built.cancelled, built.dry_run) == (["23"], [])
+
+
 def test_report_merge_lets_the_later_answer_win_and_adds_stats() -> None:
     first = CancelReport()
     first.fail("11", "service_error", "Maintenance", "later")
