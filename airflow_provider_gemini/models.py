@@ -10,13 +10,9 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Literal
 
+from airflow_provider_gemini.arguments import show
+
 MAX_ORDER_ID = 2**63 - 1
-_MAX_REPR_CHARS = 80
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_REPR_CHARS else text[: _MAX_REPR_CHARS - 3] + "..."
 
 
 def parse_order_id(value: object, field: str = "order_id") -> int:
@@ -29,9 +25,9 @@ def parse_order_id(value: object, field: str = "order_id") -> int:
         if text.isascii() and text.isdigit():
             number = int(text)
     if number is None:
-        raise ValueError(f"{field}: expected an order id (an int or a string of digits), got {_show(value)}")
+        raise ValueError(f"{field}: expected an order id (an int or a string of digits), got {show(value)}")
     if not 1 <= number <= MAX_ORDER_ID:
-        raise ValueError(f"{field}: order id must be between 1 and 2**63-1, got {_show(value)}")
+        raise ValueError(f"{field}: order id must be between 1 and 2**63-1, got {show(value)}")
     return number
 
 
@@ -43,9 +39,9 @@ def list_from_text(text: str, field: str, what: str = "list") -> list[Any]:
         try:
             parsed = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"{field}: not a {what}: {_show(text)}") from None
+            raise ValueError(f"{field}: not a {what}: {show(text)}") from None
     if not isinstance(parsed, list | tuple):
-        raise ValueError(f"{field}: not a {what}: {_show(text)}")
+        raise ValueError(f"{field}: not a {what}: {show(text)}")
     return list(parsed)
 
 
@@ -116,7 +112,7 @@ class Order:
     def from_status(cls, data: Mapping[str, Any]) -> Order:
         """Build from a status object; raises ValueError when it has no order_id."""
         if not isinstance(data, Mapping) or data.get("order_id") is None:
-            raise ValueError(f"order status: expected an object with an order_id, got {_show(data)}")
+            raise ValueError(f"order status: expected an object with an order_id, got {show(data)}")
         client_order_id = data.get("client_order_id")
         price = data.get("price")
         reason = data.get("reason")
@@ -172,7 +168,7 @@ class Roles:
     @classmethod
     def from_response(cls, data: Mapping[str, Any]) -> Roles:
         if not isinstance(data, Mapping):
-            raise ValueError(f"roles: expected an object, got {_show(data)}")
+            raise ValueError(f"roles: expected an object, got {show(data)}")
         counterparty = data.get("counterparty_id")
         return cls(
             is_trader=bool(data.get("isTrader")),
@@ -198,7 +194,7 @@ class CancelAllResult:
     def from_response(cls, data: Mapping[str, Any]) -> CancelAllResult:
         details = data.get("details") if isinstance(data, Mapping) else None
         if not isinstance(details, Mapping):
-            raise ValueError(f"cancel all: expected an object with details, got {_show(data)}")
+            raise ValueError(f"cancel all: expected an object with details, got {show(data)}")
         return cls(
             cancelled=[_id_text(item) for item in details.get("cancelledOrders") or ()],
             rejected=[_id_text(item) for item in details.get("cancelRejects") or ()],

@@ -594,6 +594,7 @@ def test_importing_the_operators_stays_cheap() -> None:
     assert "airflow_provider_gemini.operators.cancel" in added
     assert set(added) <= {
         "airflow_provider_gemini",
+        "airflow_provider_gemini.arguments",
         "airflow_provider_gemini.exceptions",
         "airflow_provider_gemini.models",
         "airflow_provider_gemini.operators",

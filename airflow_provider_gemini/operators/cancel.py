@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_provider_gemini.arguments import is_none, parse_account, show, unrendered
 from airflow_provider_gemini.exceptions import GeminiError
 from airflow_provider_gemini.models import CancelReport, Order, list_from_text, parse_order_ids
 
@@ -36,13 +37,10 @@ __all__ = [
 SCOPES = ("session", "all")
 SIDES = ("buy", "sell")
 
-_TEMPLATE_MARKERS = ("{{", "{%", "{#")
-_NONE_TEXTS = frozenset({"None", "none", "null"})
 _TRUE_TEXTS = frozenset({"true", "1", "yes", "on"})
 _FALSE_TEXTS = frozenset({"false", "0", "no", "off"})
 _SYMBOL = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _TIMEDELTA_TEXT = re.compile(r"(?:(\d+) days?, )?(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
-_MAX_SHOWN = 80
 
 # Errors about the key or the account rather than one order: every further request would fail alike.
 _KEY_LEVEL_KINDS = frozenset({"invalid_signature", "missing_role", "terms_required", "missing_nonce"})
@@ -64,27 +62,6 @@ _KEY_LEVEL_REASONS = frozenset(
 # --- arguments: literal values are checked in __init__, rendered ones before execute --------------
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
-
-
-def _unrendered(value: object) -> bool:
-    """True for a value Airflow has still to render: Jinja text (also inside a collection) or an XComArg."""
-    if isinstance(value, str):
-        return any(marker in value for marker in _TEMPLATE_MARKERS)
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_unrendered(item) for item in value)
-    if isinstance(value, Mapping):
-        return any(_unrendered(item) for item in value.values())
-    return callable(getattr(value, "resolve", None))
-
-
-def _is_none(value: object) -> bool:
-    """None, or the text a template renders for it ("None" from Jinja, "null" from tojson)."""
-    return value is None or (isinstance(value, str) and value.strip() in _NONE_TEXTS)
-
-
 def _parse_bool(value: object, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -96,37 +73,29 @@ def _parse_bool(value: object, name: str) -> bool:
             return True
         if text in _FALSE_TEXTS:
             return False
-    raise ValueError(f"{name}: expected true or false, got {_show(value)}")
-
-
-def _parse_account(value: object, name: str = "account") -> str | None:
-    if _is_none(value):
-        return None
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise ValueError(f"{name}: expected an account nickname or None (the connection's), got {_show(value)}")
+    raise ValueError(f"{name}: expected true or false, got {show(value)}")
 
 
 def _parse_scope(value: object, name: str = "scope") -> str:
     if isinstance(value, str) and value.strip().lower() in SCOPES:
         return value.strip().lower()
-    raise ValueError(f"{name}: expected 'session' or 'all', got {_show(value)}")
+    raise ValueError(f"{name}: expected 'session' or 'all', got {show(value)}")
 
 
 def _parse_side(value: object, name: str = "side") -> str | None:
-    if _is_none(value):
+    if is_none(value):
         return None
     if isinstance(value, str) and value.strip().lower() in SIDES:
         return value.strip().lower()
-    raise ValueError(f"{name}: expected 'buy', 'sell' or None (both sides), got {_show(value)}")
+    raise ValueError(f"{name}: expected 'buy', 'sell' or None (both sides), got {show(value)}")
 
 
 def _parse_prefix(value: object, name: str = "client_order_id_prefix") -> str | None:
-    if _is_none(value):
+    if is_none(value):
         return None
     if isinstance(value, str) and value:
         return value
-    raise ValueError(f"{name}: expected a non-empty string or None (any client order id), got {_show(value)}")
+    raise ValueError(f"{name}: expected a non-empty string or None (any client order id), got {show(value)}")
 
 
 def _parse_seconds(value: object, name: str = "max_age") -> float:
@@ -149,15 +118,15 @@ def _parse_seconds(value: object, name: str = "max_age") -> float:
                 seconds = None
     if seconds is None or not math.isfinite(seconds):
         raise ValueError(
-            f"{name}: expected a timedelta or a number of seconds (e.g. 3600), got {_show(value)}"
+            f"{name}: expected a timedelta or a number of seconds (e.g. 3600), got {show(value)}"
         )
     if seconds < 0:
-        raise ValueError(f"{name}: must not be negative, got {_show(value)}")
+        raise ValueError(f"{name}: must not be negative, got {show(value)}")
     return seconds
 
 
 def _parse_cap(value: object, name: str = "max_cancellations") -> int | None:
-    if _is_none(value):
+    if is_none(value):
         return None
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -165,13 +134,13 @@ def _parse_cap(value: object, name: str = "max_cancellations") -> int | None:
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
     if number is None or number < 1:
-        raise ValueError(f"{name}: expected an integer >= 1 or None (no cap), got {_show(value)}")
+        raise ValueError(f"{name}: expected an integer >= 1 or None (no cap), got {show(value)}")
     return number
 
 
 def _parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | None:
     """None (every symbol), one symbol, "btcusd,ethusd", a list, or a list's text; lower-cased."""
-    if _is_none(value):
+    if is_none(value):
         return None
     items: list[Any]
     if isinstance(value, str):
@@ -180,12 +149,12 @@ def _parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | No
     elif isinstance(value, list | tuple | set | frozenset):
         items = sorted(value) if isinstance(value, set | frozenset) else list(value)
     else:
-        raise ValueError(f"{name}: expected a symbol, a list of symbols or None, got {_show(value)}")
+        raise ValueError(f"{name}: expected a symbol, a list of symbols or None, got {show(value)}")
     symbols: dict[str, None] = {}
     for item in items:
         symbol = item.strip().lower() if isinstance(item, str) else None
         if not symbol or not _SYMBOL.fullmatch(symbol):
-            raise ValueError(f"{name}: not a symbol: {_show(item)} (in {_show(value)})")
+            raise ValueError(f"{name}: not a symbol: {show(item)} (in {show(value)})")
         symbols.setdefault(symbol, None)
     if not symbols:
         raise ValueError(f"{name}: empty; pass None to match every symbol")
@@ -353,11 +322,11 @@ class _GeminiCancelBase(BaseOperator):
     def _arguments(self, *, literal_only: bool) -> dict[str, Any]:
         """Parse every argument; with `literal_only`, leave what Airflow still has to render."""
         if not isinstance(self.gemini_conn_id, str) or not self.gemini_conn_id.strip():
-            raise ValueError(f"gemini_conn_id: expected a connection id, got {_show(self.gemini_conn_id)}")
+            raise ValueError(f"gemini_conn_id: expected a connection id, got {show(self.gemini_conn_id)}")
         parsed: dict[str, Any] = {}
         for name, parser in self.parsers.items():
             value = getattr(self, name)
-            if literal_only and _unrendered(value):
+            if literal_only and unrendered(value):
                 continue
             parsed[name] = parser(value, name)
         return parsed
@@ -451,7 +420,7 @@ class GeminiCancelOrderOperator(_GeminiCancelBase):
     template_fields: Sequence[str] = ("order_id", "account", "dry_run")
     parsers: ClassVar[dict[str, Parser]] = {
         "order_id": parse_order_ids,
-        "account": _parse_account,
+        "account": parse_account,
         "dry_run": _parse_bool,
     }
 
@@ -522,7 +491,7 @@ class GeminiCancelAllOrdersOperator(_GeminiCancelBase):
     template_fields: Sequence[str] = ("scope", "account", "dry_run")
     parsers: ClassVar[dict[str, Parser]] = {
         "scope": _parse_scope,
-        "account": _parse_account,
+        "account": parse_account,
         "dry_run": _parse_bool,
     }
 
@@ -605,7 +574,7 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         "client_order_id_prefix": _parse_prefix,
         "dry_run": _parse_bool,
         "max_cancellations": _parse_cap,
-        "account": _parse_account,
+        "account": parse_account,
     }
 
     def __init__(

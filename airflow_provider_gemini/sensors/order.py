@@ -15,6 +15,8 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
+from airflow_provider_gemini.arguments import parse_account, unrendered
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -22,28 +24,8 @@ if TYPE_CHECKING:
     from airflow_provider_gemini.hooks.gemini import GeminiHook
     from airflow_provider_gemini.triggers.order import OrderWatch
 
-_NONE_TEXTS = frozenset({"None", "none", "null"})
-
 STATE_KEY = "gemini_order_cancelled_sensor"
 """The task_state_store key that carries settled orders from one rescheduled poke to the next."""
-
-
-def _looks_templated(value: object) -> bool:
-    """True when `value` is only known after rendering (Jinja text, an XComArg, a list holding one)."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, list | tuple):
-        return any(_looks_templated(item) for item in value)
-    return not isinstance(value, int)
-
-
-def _check_account(account: object) -> str | None:
-    """None (the connection's account), also as a template renders it ("None", "null"), or a nickname."""
-    if account is None or (isinstance(account, str) and account.strip() in _NONE_TEXTS):
-        return None
-    if not isinstance(account, str) or not account.strip():
-        raise ValueError(f"account: expected an account nickname or None, got {account!r}")
-    return account.strip()
 
 
 class GeminiOrderCancelledSensor(BaseSensorOperator):
@@ -82,7 +64,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         from airflow_provider_gemini.models import parse_order_ids
 
-        if not _looks_templated(order_id):
+        if not unrendered(order_id):
             parse_order_ids(order_id, "order_id")
         for name, flag in (
             ("request_cancel", request_cancel),
@@ -93,8 +75,8 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
                 raise ValueError(f"{name}: expected True or False, got {flag!r}")
         if not isinstance(gemini_conn_id, str) or not gemini_conn_id.strip():
             raise ValueError(f"gemini_conn_id: expected a connection id, got {gemini_conn_id!r}")
-        if account is None or not _looks_templated(account):
-            _check_account(account)
+        if not unrendered(account):
+            parse_account(account)
         self.order_id = order_id
         self.request_cancel = request_cancel
         self.accept_filled = accept_filled
@@ -113,7 +95,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
 
         try:
             order_ids = parse_order_ids(self.order_id, "order_id")
-            account = _check_account(self.account)
+            account = parse_account(self.account)
         except ValueError as err:
             raise AirflowFailException(f"{err} (after rendering)") from None
         if self._watch is not None and self._watch.order_ids == order_ids:
@@ -258,7 +240,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         self._watch = OrderWatch.from_state(
             parse_order_ids(self.order_id, "order_id"),
             accept_filled=self.accept_filled,
-            account=_check_account(self.account),
+            account=parse_account(self.account),
             state=state,
         )
         if status == "success":
