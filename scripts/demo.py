@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,20 @@ def run_dag(home: Path, env: Mapping[str, str], conf: Mapping[str, Any]) -> Path
     return log_path
 
 
+def run_between_looks(
+    home: Path, conn: str, conf: dict[str, Any], look: Callable[[], list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, int]:
+    """Migrate the metadata database, then look at the book, run the DAG, and look again (times in ms)."""
+    env = airflow_env(home, conn)
+    say("Migrating the Airflow metadata database (SQLite) ...")
+    run_airflow(["db", "migrate"], env, home / "db_migrate.log")
+    before_ms = int(time.time() * 1000)
+    before = look()
+    run_dag(home, env, conf)
+    after_ms = int(time.time() * 1000)
+    return before, look(), before_ms, after_ms
+
+
 def demo_local(home: Path, conf: dict[str, Any]) -> int:
     api_secret = secrets.token_hex(16)
     with local_exchange(home, api_secret) as url:
@@ -246,14 +260,7 @@ def demo_local(home: Path, conf: dict[str, Any]) -> int:
         conn = json.dumps(
             {"conn_type": "gemini_exchange", "login": DEMO_API_KEY, "password": api_secret, "host": url}
         )
-        env = airflow_env(home, conn)
-        say("Migrating the Airflow metadata database (SQLite) ...")
-        run_airflow(["db", "migrate"], env, home / "db_migrate.log")
-        before_ms = int(time.time() * 1000)
-        before = admin_book(url)
-        run_dag(home, env, conf)
-        after_ms = int(time.time() * 1000)
-        after = admin_book(url)
+        before, after, before_ms, after_ms = run_between_looks(home, conn, conf, lambda: admin_book(url))
     say()
     say(f"The book before and after (max_age_minutes={conf['max_age_minutes']}; ages at the start):")
     say(book_table(before, after, before_ms))
@@ -312,14 +319,7 @@ def demo_remote(home: Path, conn: str, conf: dict[str, Any]) -> int:
         say("Set GEMINI_DEMO_DRY_RUN=0 to let the DAG cancel the matching orders.")
     else:
         say("GEMINI_CONN is set and GEMINI_DEMO_DRY_RUN=0: the DAG WILL CANCEL the matching orders.")
-    env = airflow_env(home, conn)
-    say("Migrating the Airflow metadata database (SQLite) ...")
-    run_airflow(["db", "migrate"], env, home / "db_migrate.log")
-    before_ms = int(time.time() * 1000)
-    before = live_book(conn)
-    run_dag(home, env, conf)
-    after_ms = int(time.time() * 1000)
-    after = live_book(conn)
+    before, after, before_ms, after_ms = run_between_looks(home, conn, conf, lambda: live_book(conn))
     say()
     say(f"The account's live orders before and after (max_age_minutes={conf['max_age_minutes']}):")
     say(book_table(before, after, before_ms) if before or after else "(no live orders)")
