@@ -6,6 +6,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+DEFAULT_CONN_ID = "gemini_default"
+"""The connection id every hook, operator, sensor and trigger uses unless given another."""
+
 _INTEGRATION = "Gemini Exchange"
 
 

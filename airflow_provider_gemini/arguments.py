@@ -1,17 +1,37 @@
-"""Checks of operator and sensor arguments, shared so both refuse the same values with the same words.
+"""Every argument check the operators, the sensor, the trigger, the client and the hook share, so all of
+them refuse the same values with the same words, naming the field, before any request is sent.
 
 Plain Python (no Airflow import): DAG files import the operators and the sensor, and so this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ast
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 NONE_TEXTS = frozenset({"None", "none", "null"})
 """What a template renders for None: "None" from Jinja, "null" from tojson."""
 
+MAX_ORDER_ID = 2**63 - 1
+SCOPES = ("session", "all")
+SIDES = ("buy", "sell")
+
+Parser = Callable[[Any, str], Any]
+"""An argument check: (value, field name) -> the parsed value, or ValueError naming the field."""
+
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
 _MAX_SHOWN = 80
+_TRUE_TEXTS = frozenset({"true", "1", "yes", "on"})
+_FALSE_TEXTS = frozenset({"false", "0", "no", "off"})
+_SYMBOL = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_TIMEDELTA_TEXT = re.compile(r"(?:(\d+) days?, )?(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 def show(value: object) -> str:
@@ -36,6 +56,59 @@ def is_none(value: object) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in NONE_TEXTS)
 
 
+def list_from_text(text: str, field: str, what: str = "list") -> list[Any]:
+    """The list a template rendered as text: JSON (`tojson`) or a Python literal (`{{ value }}`)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"{field}: not a {what}: {show(text)}") from None
+    if not isinstance(parsed, list | tuple):
+        raise ValueError(f"{field}: not a {what}: {show(text)}")
+    return list(parsed)
+
+
+# -- order ids ------------------------------------------------------------------------------------
+
+
+def parse_order_id(value: object, field: str = "order_id") -> int:
+    """An order id as an exact int: an int (not bool) or a string of ASCII digits, 1..2**63-1."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            number = int(text)
+    if number is None:
+        raise ValueError(f"{field}: expected an order id (an int or a string of digits), got {show(value)}")
+    if not 1 <= number <= MAX_ORDER_ID:
+        raise ValueError(f"{field}: order id must be between 1 and 2**63-1, got {show(value)}")
+    return number
+
+
+def parse_order_ids(value: object, field: str = "order_id") -> list[int]:
+    """One id, a list/tuple of ids, or the text of a list (a rendered template); deduplicated, in order."""
+    items: list[Any]
+    if isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, str) and value.strip()[:1] in ("[", "("):
+        items = list_from_text(value.strip(), field, "list of order ids")
+    else:
+        return [parse_order_id(value, field)]
+    if not items:
+        raise ValueError(f"{field}: no order ids given (empty list)")
+    seen: dict[int, None] = {}
+    for index, item in enumerate(items):
+        seen.setdefault(parse_order_id(item, f"{field}[{index}]"), None)
+    return list(seen)
+
+
+# -- operator and sensor arguments ----------------------------------------------------------------
+
+
 def parse_account(value: object, name: str = "account") -> str | None:
     """An account nickname, or None for the connection's account."""
     if is_none(value):
@@ -43,3 +116,159 @@ def parse_account(value: object, name: str = "account") -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise ValueError(f"{name}: expected an account nickname or None (the connection's), got {show(value)}")
+
+
+def parse_bool(value: object, name: str) -> bool:
+    """A flag: a bool, 0/1, or its text (true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE_TEXTS:
+            return True
+        if text in _FALSE_TEXTS:
+            return False
+    raise ValueError(f"{name}: expected true or false, got {show(value)}")
+
+
+def parse_scope(value: object, name: str = "scope") -> str:
+    """'session' (this key's orders) or 'all' (the account's)."""
+    if isinstance(value, str) and value.strip().lower() in SCOPES:
+        return value.strip().lower()
+    raise ValueError(f"{name}: expected 'session' or 'all', got {show(value)}")
+
+
+def parse_side(value: object, name: str = "side") -> str | None:
+    """'buy', 'sell', or None for both sides."""
+    if is_none(value):
+        return None
+    if isinstance(value, str) and value.strip().lower() in SIDES:
+        return value.strip().lower()
+    raise ValueError(f"{name}: expected 'buy', 'sell' or None (both sides), got {show(value)}")
+
+
+def parse_prefix(value: object, name: str = "client_order_id_prefix") -> str | None:
+    """A client order id prefix (case-sensitive), or None for any client order id."""
+    if is_none(value):
+        return None
+    if isinstance(value, str) and value:
+        return value
+    raise ValueError(f"{name}: expected a non-empty string or None (any client order id), got {show(value)}")
+
+
+def parse_seconds(value: object, name: str = "max_age") -> float:
+    """A non-negative age in seconds: a timedelta, a number, or its text ("3600", "1:00:00")."""
+    seconds: float | None = None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _TIMEDELTA_TEXT.fullmatch(text)
+        if match:
+            days, hours, minutes, secs = match.groups()
+            seconds = int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(secs)
+        else:
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = None
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(
+            f"{name}: expected a timedelta or a number of seconds (e.g. 3600), got {show(value)}"
+        )
+    if seconds < 0:
+        raise ValueError(f"{name}: must not be negative, got {show(value)}")
+    return seconds
+
+
+def parse_cap(value: object, name: str = "max_cancellations") -> int | None:
+    """A cap of at least 1, or None for no cap."""
+    if is_none(value):
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    if number is None or number < 1:
+        raise ValueError(f"{name}: expected an integer >= 1 or None (no cap), got {show(value)}")
+    return number
+
+
+def parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | None:
+    """None (every symbol), one symbol, "btcusd,ethusd", a list, or a list's text; lower-cased."""
+    if is_none(value):
+        return None
+    items: list[Any]
+    if isinstance(value, str):
+        text = value.strip()
+        items = list_from_text(text, name) if text[:1] in ("[", "(") else text.split(",")
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else list(value)
+    else:
+        raise ValueError(f"{name}: expected a symbol, a list of symbols or None, got {show(value)}")
+    symbols: dict[str, None] = {}
+    for item in items:
+        symbol = item.strip().lower() if isinstance(item, str) else None
+        if not symbol or not _SYMBOL.fullmatch(symbol):
+            raise ValueError(f"{name}: not a symbol: {show(item)} (in {show(value)})")
+        symbols.setdefault(symbol, None)
+    if not symbols:
+        raise ValueError(f"{name}: empty; pass None to match every symbol")
+    return tuple(symbols)
+
+
+def parse_conn_id(value: object, name: str = "gemini_conn_id") -> str:
+    """An Airflow connection id: non-empty text."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name}: expected a connection id, got {show(value)}")
+    return value
+
+
+# -- client settings ------------------------------------------------------------------------------
+
+
+def valid_hostname(hostname: str | None) -> bool:
+    """A DNS name or an IP address (IPv6 without its brackets); urlsplit lets spaces and the like through,
+    and requests would then fail with an error that is neither a GeminiError nor a retryable one."""
+    return bool(hostname) and _HOSTNAME.fullmatch(hostname or "") is not None
+
+
+def parse_base_url(text: str, name: str = "base_url") -> str:
+    """`scheme://host[:port]` with scheme http or https, trailing slash dropped. A path, query, fragment
+    or user part is refused: every request path is appended to it, and credentials never ride in a URL."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}: not a valid URL: {show(text)} ({exc})") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not valid_hostname(parts.hostname)
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(f"{name}: expected http(s)://host[:port], got {show(text)}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_positive(value: object, name: str) -> float:
+    """A finite number above zero (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return float(value)
+
+
+def parse_positive_int(value: object, name: str) -> int:
+    """An int of at least 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return value

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
-import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import tenacity
 
 from airflow_provider_gemini import __version__
+from airflow_provider_gemini.arguments import (
+    parse_base_url,
+    parse_order_id,
+    parse_positive,
+    parse_positive_int,
+)
 from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
-from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
-from airflow_provider_gemini.models import CancelAllResult, Order, Roles, parse_order_id
+from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response, safe_to_repeat
+from airflow_provider_gemini.models import CancelAllResult, Order, Roles
 
 __all__ = ["CancelAllResult", "ClientStats", "GeminiClient", "RateLimiter", "decode_json"]
 
@@ -37,7 +40,9 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 NONCE_RETRY_SECONDS = (0.01, 0.1)
 NONCE_EXTRA_ATTEMPTS = 5
 RATE_SAFETY_MARGIN = 0.015
-_UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
+
+Sleep = Callable[[float], None]
+Clock = Callable[[], float]
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
@@ -85,37 +90,49 @@ class RateLimiter:
     sent on time, without a token there.
     """
 
-    def __init__(self, per_minute: float, burst: int) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int,
+        *,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
         self.capacity = float(max(1, burst - 1))
+        self._sleep = sleep
+        self._clock = clock
         self._tokens = self.capacity
-        self._stamp = time.monotonic()
+        self._stamp = clock()
         self._lock = threading.Lock()
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds slept."""
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1.0
             self._tokens = tokens
             self._stamp = now
         if tokens >= 0.0:
             return 0.0
         wait = -tokens / self.rate
-        time.sleep(wait)
+        self._sleep(wait)
         return wait
 
 
-_limiters: dict[tuple[str, float, int], RateLimiter] = {}
+_limiters: dict[tuple[str, float, int, Sleep, Clock], RateLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
-def _shared_limiter(api_key: str, per_minute: float, burst: int) -> RateLimiter:
+def _shared_limiter(
+    api_key: str, per_minute: float, burst: int, *, sleep: Sleep, clock: Clock
+) -> RateLimiter:
     """One limiter per key and setting in a process: Gemini counts requests per key, not per client."""
     with _limiters_lock:
-        limiter = _limiters.get((api_key, per_minute, burst))
+        key = (api_key, per_minute, burst, sleep, clock)
+        limiter = _limiters.get(key)
         if limiter is None:
-            limiter = _limiters[(api_key, per_minute, burst)] = RateLimiter(per_minute, burst)
+            limiter = _limiters[key] = RateLimiter(per_minute, burst, sleep=sleep, clock=clock)
         return limiter
 
 
@@ -124,43 +141,58 @@ def _masked(api_key: str) -> str:
     return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
 
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9._:-]+")
+def _failure(state: tenacity.RetryCallState) -> BaseException | None:
+    """The exception an attempt raised, or None when it returned."""
+    outcome = state.outcome
+    return outcome.exception() if outcome is not None and outcome.failed else None
 
 
-def valid_hostname(hostname: str | None) -> bool:
-    """A DNS name or an IP address (IPv6 without its brackets); urlsplit lets spaces and the like through,
-    and requests would then fail with an error that is neither a GeminiError nor a retryable one."""
-    return bool(hostname) and _HOSTNAME.fullmatch(hostname or "") is not None
+def retry_if_safe_to_repeat(state: tenacity.RetryCallState) -> bool:
+    """Retry a GeminiError that may succeed later on a path where a repeat cannot act twice, unless the
+    server asked for a pause longer than MAX_RETRY_AFTER_SECONDS (Airflow's retry is better then)."""
+    exc = _failure(state)
+    if not isinstance(exc, GeminiError):
+        return False
+    if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_SECONDS:
+        return False
+    return safe_to_repeat(str(state.args[0]), exc)
 
 
-def _check_base_url(base_url: str) -> str:
-    try:
-        parts = urlsplit(base_url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"base_url: not a valid URL: {base_url!r} ({exc})") from None
-    if (
-        parts.scheme not in ("http", "https")
-        or not valid_hostname(parts.hostname)
-        or parts.query
-        or parts.fragment
-    ):
-        raise ValueError(f"base_url: expected http(s)://host[:port], got {base_url!r}")
-    return base_url.rstrip("/")
+class stop_after_attempts_or_nonce_grace(tenacity.stop.stop_base):
+    """Stop after `max_attempts`; a nonce collision (another process signed later but arrived first)
+    costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often."""
+
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+
+    def __call__(self, state: tenacity.RetryCallState) -> bool:
+        exc = _failure(state)
+        limit = self.max_attempts
+        if isinstance(exc, GeminiError) and exc.kind == "invalid_nonce":
+            limit += NONCE_EXTRA_ATTEMPTS
+        return state.attempt_number >= limit
 
 
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    return float(value)
+class wait_for_gemini(tenacity.wait.wait_base):
+    """How long to wait before the next attempt: a short random pause after a nonce collision (to the
+    next second for time nonces), Retry-After plus jitter when Gemini gave one, else jittered
+    exponential backoff (BACKOFF_BASE_SECONDS doubling up to BACKOFF_CAP_SECONDS)."""
 
+    def __init__(self, nonce_mode: str, wall_clock: Clock = time.time) -> None:
+        self.nonce_mode = nonce_mode
+        self.wall_clock = wall_clock
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    return value
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        exc = _failure(state)
+        if isinstance(exc, GeminiError):
+            if exc.kind == "invalid_nonce":
+                if self.nonce_mode == "time":
+                    return 1.0 - self.wall_clock() % 1.0 + random.uniform(*NONCE_RETRY_SECONDS)
+                return random.uniform(*NONCE_RETRY_SECONDS)
+            if exc.retry_after is not None:
+                return exc.retry_after + random.uniform(0.0, min(0.25, exc.retry_after * 0.1))
+        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class GeminiClient:
@@ -168,7 +200,8 @@ class GeminiClient:
 
     Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
     timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
-    `max_attempts` attempts in all; other errors raise at once.
+    `max_attempts` attempts in all; other errors raise at once. `sleep` and `clock` (monotonic
+    seconds) are injectable for tests; they drive the retry waits and the rate limiter.
     """
 
     def __init__(
@@ -183,6 +216,8 @@ class GeminiClient:
         max_attempts: int = 5,
         rate_limit_per_minute: float | None = 600,
         burst: int = 5,
+        sleep: Sleep = time.sleep,
+        clock: Clock = time.monotonic,
     ) -> None:
         if not isinstance(api_key, str) or api_key.split() != [api_key]:
             raise ValueError("api_key: expected a non-empty key without whitespace")
@@ -192,16 +227,22 @@ class GeminiClient:
             raise ValueError(f"nonce_mode: expected 'counter' or 'time', got {nonce_mode!r}")
         if account is not None and (not isinstance(account, str) or not account.strip()):
             raise ValueError(f"account: expected a non-empty account nickname or None, got {account!r}")
-        self.base_url = _check_base_url(base_url)
+        self.base_url = parse_base_url(base_url, "base_url")
         self.account = account
         self.nonce_mode = nonce_mode
-        self.timeout = _positive(timeout, "timeout")
-        self.max_attempts = _positive_int(max_attempts, "max_attempts")
-        burst = _positive_int(burst, "burst")
+        self.timeout = parse_positive(timeout, "timeout")
+        self.max_attempts = parse_positive_int(max_attempts, "max_attempts")
+        burst = parse_positive_int(burst, "burst")
         self._limiter = (
             None
             if rate_limit_per_minute is None
-            else _shared_limiter(api_key, _positive(rate_limit_per_minute, "rate_limit_per_minute"), burst)
+            else _shared_limiter(
+                api_key,
+                parse_positive(rate_limit_per_minute, "rate_limit_per_minute"),
+                burst,
+                sleep=sleep,
+                clock=clock,
+            )
         )
         self._api_key = api_key
         self._secret = api_secret.encode()
@@ -211,10 +252,11 @@ class GeminiClient:
         self._session_lock = threading.Lock()
         self.stats = ClientStats()
         self._retrying = tenacity.Retrying(
-            stop=self._should_stop,
-            retry=self._should_retry,
-            wait=self._wait_seconds,
+            stop=stop_after_attempts_or_nonce_grace(self.max_attempts),
+            retry=retry_if_safe_to_repeat,
+            wait=wait_for_gemini(nonce_mode),
             before_sleep=self._before_sleep,
+            sleep=sleep,
             reraise=True,
         )
 
@@ -279,40 +321,6 @@ class GeminiClient:
             return decode_json(response.content)
         except ValueError:
             raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
-
-    def _should_stop(self, state: tenacity.RetryCallState) -> bool:
-        """Stop after max_attempts; a nonce collision (another process signed later but arrived first)
-        costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often."""
-        exc = state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
-        limit = self.max_attempts
-        if isinstance(exc, GeminiError) and exc.kind == "invalid_nonce":
-            limit += NONCE_EXTRA_ATTEMPTS
-        return state.attempt_number >= limit
-
-    def _should_retry(self, state: tenacity.RetryCallState) -> bool:
-        if state.outcome is None or not state.outcome.failed:
-            return False
-        exc = state.outcome.exception()
-        if not isinstance(exc, GeminiError) or not exc.retryable:
-            return False
-        if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_SECONDS:
-            return False
-        if str(state.args[0]).startswith(_UNSAFE_TO_REPEAT):
-            # Placing or withdrawing twice is worse than failing: repeat only what Gemini refused unread.
-            return exc.status == 429 or exc.kind == "invalid_nonce"
-        return True
-
-    def _wait_seconds(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, GeminiError):
-            if exc.kind == "invalid_nonce":
-                if self.nonce_mode == "time":
-                    return 1.0 - time.time() % 1.0 + random.uniform(*NONCE_RETRY_SECONDS)
-                return random.uniform(*NONCE_RETRY_SECONDS)
-            if exc.retry_after is not None:
-                return exc.retry_after + random.uniform(0.0, min(0.25, exc.retry_after * 0.1))
-        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

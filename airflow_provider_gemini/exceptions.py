@@ -1,4 +1,6 @@
-"""Errors raised for Gemini answers: one class per canonical kind, and the mapping from a raw answer."""
+"""Errors raised for Gemini answers: one class per canonical kind, the mapping from a raw answer, and the
+error policy: whether the client retries an error, a poke waits it out, or a cancel run stops on it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,34 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 _MAX_MESSAGE_CHARS = 300
+
+_KEY_LEVEL_KINDS = frozenset({"invalid_signature", "missing_role", "terms_required", "missing_nonce"})
+_KEY_LEVEL_REASONS = frozenset(
+    {
+        "InvalidApiKey",
+        "InvalidSignature",
+        "MissingApikeyHeader",
+        "ApiKeyIpFilteringFailure",
+        "MissingAccounts",
+        "InvalidAccount",
+        "InvalidAccountName",
+        "AccountNotFound",
+        "EndpointMismatch",
+    }
+)
+
+UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
+"""Paths whose repeat could act twice (place an order, move funds): everything else is idempotent."""
+
+
+def safe_to_repeat(path: str, error: GeminiError) -> bool:
+    """Whether a failed request to `path` may be sent again: any retryable error on an idempotent path;
+    on a path in UNSAFE_TO_REPEAT only what Gemini refused unread (429, InvalidNonce)."""
+    if not error.retryable:
+        return False
+    if path.startswith(UNSAFE_TO_REPEAT):
+        return error.status == 429 or error.kind == "invalid_nonce"
+    return True
 
 
 class GeminiError(Exception):
@@ -32,10 +62,25 @@ class GeminiError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """True when the same request, signed again, may succeed later."""
+        """True when the same request, signed again, may succeed later: the client retries it."""
         if self.status is None or self.status == 429 or self.status >= 500:
             return True
         return self.kind == "invalid_nonce"
+
+    @property
+    def transient(self) -> bool:
+        """True when waiting fixes it (a retryable error or a closed market): a poke says "not yet"."""
+        return self.retryable or self.kind == "market_closed"
+
+    @property
+    def key_level(self) -> bool:
+        """True when it concerns the key or the account, not one order: every further request of a run
+        would fail alike, so the run stops."""
+        return (
+            self.kind in _KEY_LEVEL_KINDS
+            or self.reason in _KEY_LEVEL_REASONS
+            or (self.status is not None and self.status in (401, 403))
+        )
 
     def __str__(self) -> str:
         where = "no HTTP answer" if self.status is None else f"HTTP {self.status}"

@@ -61,7 +61,7 @@ with GeminiClient(key, secret, base_url=url) as client:
 HOOK = """
 import sys
 from airflow_provider_gemini.hooks.gemini import GeminiHook
-assert GeminiHook(gemini_conn_id="gemini_default").get_client().cancel_order(sys.argv[4]).is_cancelled
+assert GeminiHook().get_client().cancel_order(sys.argv[4]).is_cancelled
 """
 
 CCXT = f"""

@@ -128,7 +128,7 @@ def build_variants(url: str, keys: dict[str, Key]) -> dict[str, Variant]:
         url, keys["hook"], rate_limit_per_minute="off"
     )
     os.environ["AIRFLOW_CONN_GEMINI_PACED"] = hook_connection(url, keys["hook"])
-    hook_client = GeminiHook(gemini_conn_id="gemini_default").get_client()
+    hook_client = GeminiHook().get_client()
     variants = {
         "floor": Variant("floor", lambda oid: floor.cancel(int(oid)), lambda r: r["is_cancelled"] is True),
         "floor_env": Variant(
@@ -165,7 +165,7 @@ def run_setup(order_ids: list[str]) -> tuple[list[float], list[float]]:
     setup_ms, first_ms = [], []
     for oid in order_ids:
         t0 = time.perf_counter()
-        client = GeminiHook(gemini_conn_id="gemini_default").get_client()
+        client = GeminiHook().get_client()
         t1 = time.perf_counter()
         if not client.cancel_order(oid).is_cancelled:
             raise RuntimeError(f"setup: order {oid} not cancelled")

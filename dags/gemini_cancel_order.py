@@ -35,10 +35,11 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Param, task
 
+from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.operators.cancel import GeminiCancelOrderOperator
 from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
 
-GEMINI_CONN_ID = "gemini_default"
+GEMINI_CONN_ID = DEFAULT_CONN_ID
 
 with DAG(
     dag_id="gemini_cancel_order",

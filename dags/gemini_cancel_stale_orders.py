@@ -44,6 +44,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, task
 
+from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
 from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
 
@@ -55,7 +56,7 @@ RUN_AT = "15:45"
 """When the sweep runs: 15 minutes before CLOSE leaves room for retries and the confirm step."""
 
 _RUN_HOUR, _RUN_MINUTE = (int(part) for part in RUN_AT.split(":"))
-GEMINI_CONN_ID = "gemini_default"
+GEMINI_CONN_ID = DEFAULT_CONN_ID
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ with DAG(
         Every id in `cancelled` was confirmed: had the sensor failed, this task would not run. It takes
         no input from `ids_to_confirm`, since a short-circuit skips its direct downstream tasks.
         """
-        from airflow_provider_gemini.models import CancelReport
+        from airflow_provider_gemini.report import CancelReport
 
         sweep = CancelReport.from_dict(result)
         counts = sweep.counts()

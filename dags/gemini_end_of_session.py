@@ -35,6 +35,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, task
 
+from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.operators.cancel import GeminiCancelAllOrdersOperator
 
 MARKET_TZ = "America/New_York"
@@ -43,7 +44,7 @@ CLOSE = "16:00"
 """The session close, local time: the DAG runs exactly then."""
 
 _CLOSE_HOUR, _CLOSE_MINUTE = (int(part) for part in CLOSE.split(":"))
-GEMINI_CONN_ID = "gemini_default"
+GEMINI_CONN_ID = DEFAULT_CONN_ID
 
 log = logging.getLogger(__name__)
 

@@ -142,7 +142,7 @@ def live_book(conn: str) -> list[dict[str, Any]]:
     os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"] = conn
     from airflow_provider_gemini.hooks.gemini import GeminiHook
 
-    client = GeminiHook(gemini_conn_id="gemini_default").get_client()
+    client = GeminiHook().get_client()
     return [
         {
             "order_id": order.order_id,

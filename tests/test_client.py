@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import airflow_provider_gemini.client as client_module
+from airflow_provider_gemini.arguments import parse_order_id, parse_order_ids
 from airflow_provider_gemini.client import ClientStats, GeminiClient, RateLimiter, decode_json
 from airflow_provider_gemini.exceptions import (
     ERROR_CLASSES,
@@ -21,14 +22,7 @@ from airflow_provider_gemini.exceptions import (
     ServiceError,
     error_from_response,
 )
-from airflow_provider_gemini.models import (
-    CancelAllResult,
-    CancelReason,
-    Order,
-    Roles,
-    parse_order_id,
-    parse_order_ids,
-)
+from airflow_provider_gemini.models import CancelAllResult, CancelReason, Order, Roles
 
 SECRET = "never-show-this-secret"
 KEY = "account-K3yThatStaysPrivate"
@@ -332,10 +326,9 @@ class FakeClock:
         self.now += seconds
 
 
-def test_limiter_lets_a_burst_through_then_paces_just_under_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limiter_lets_a_burst_through_then_paces_just_under_the_rate() -> None:
     clock = FakeClock()
-    monkeypatch.setattr(client_module, "time", clock)
-    limiter = RateLimiter(600, 5)
+    limiter = RateLimiter(600, 5, sleep=clock.sleep, clock=clock.monotonic)
     waits = [limiter.acquire() for _ in range(104)]
     # One token of Gemini's burst of 5 stays in reserve against a request that arrives late.
     assert waits[:4] == [0.0] * 4

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-import airflow_provider_gemini.client as client_module
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.exceptions import (
     InvalidSignatureError,
@@ -30,9 +30,14 @@ MakeExchange = Callable[..., GeminiExchange]
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shrink the exponential backoff for tests that are about what is retried, not how long it waits."""
-    monkeypatch.setattr(client_module, "BACKOFF_BASE_SECONDS", 0.01)
+def fast_backoff() -> Callable[[float], None]:
+    """A client `sleep` that shrinks the backoff, for tests that are about what is retried, not how long
+    it waits."""
+
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, 0.02))
+
+    return sleep
 
 
 @pytest.fixture
@@ -93,10 +98,10 @@ def test_retry_after_429_waits_what_the_server_asked(
 
 
 def test_429_without_retry_after_backs_off_and_succeeds(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.inject_fault("rate_limit", "/v1/heartbeat", count=2)
-    assert make_client().heartbeat() == {"result": "ok"}
+    assert make_client(sleep=fast_backoff).heartbeat() == {"result": "ok"}
     assert statuses(exchange, "/v1/heartbeat") == [429, 429, 200]
 
 
@@ -140,12 +145,12 @@ def test_invalid_signature_is_sent_once_and_raised(
 
 
 def test_every_attempt_carries_a_new_larger_nonce(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.place_order(exchange.api_key)
     for kind in ("maintenance", "drop", "server_error_text", "rate_limit"):
         exchange.inject_fault(kind, CANCEL)
-    assert make_client().cancel_order(WIDE_ID).is_cancelled
+    assert make_client(sleep=fast_backoff).cancel_order(WIDE_ID).is_cancelled
     entries = [entry for entry in exchange.journal if entry.path == CANCEL]
     assert [entry.fault for entry in entries] == [
         "maintenance",
@@ -160,10 +165,10 @@ def test_every_attempt_carries_a_new_larger_nonce(
 
 
 def test_retries_stop_after_max_attempts_with_the_last_error(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.set_maintenance(True)
-    client = make_client(max_attempts=3)
+    client = make_client(sleep=fast_backoff, max_attempts=3)
     with pytest.raises(ServiceError) as caught:
         client.roles()
     assert (caught.value.status, caught.value.reason) == (503, "Maintenance")
@@ -172,11 +177,11 @@ def test_retries_stop_after_max_attempts_with_the_last_error(
 
 
 def test_a_dropped_connection_is_retried_then_raised_as_a_transport_failure(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.inject_fault("drop", "/v1/heartbeat", count=2)
     with pytest.raises(ServiceError) as caught:
-        make_client(max_attempts=2).heartbeat()
+        make_client(sleep=fast_backoff, max_attempts=2).heartbeat()
     error = caught.value
     assert (error.status, error.reason, error.retryable) == (None, "ConnectionError", True)
     # The requests exception names its type in the message but is not chained: it holds the signed headers.
@@ -185,17 +190,17 @@ def test_a_dropped_connection_is_retried_then_raised_as_a_transport_failure(
 
 
 def test_an_answer_lost_after_the_cancel_ran_is_retried_safely(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.place_order(exchange.api_key)
     exchange.inject_fault("drop_after", CANCEL)
-    cancelled = make_client().cancel_order(WIDE_ID)
+    cancelled = make_client(sleep=fast_backoff).cancel_order(WIDE_ID)
     assert cancelled.is_cancelled and cancelled.reason == "Requested"
     assert [entry.fault for entry in exchange.journal if entry.path == CANCEL] == ["drop_after", None]
 
 
 def test_a_slow_answer_times_out_and_the_retry_gets_through(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.inject_fault("delay", "/v1/heartbeat", delay=1.5)
     client = make_client(timeout=0.3, max_attempts=1)
@@ -209,15 +214,15 @@ def test_a_slow_answer_times_out_and_the_retry_gets_through(
 
 
 def test_unstructured_500_and_empty_404(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     exchange.inject_fault("server_error_text", "/v1/roles", count=2)
     with pytest.raises(ServiceError) as caught:
-        make_client(max_attempts=2).roles()
+        make_client(sleep=fast_backoff, max_attempts=2).roles()
     assert caught.value.status == 500 and caught.value.reason is None and caught.value.message
     exchange.inject_fault("not_found_empty", "/v1/roles")
     with pytest.raises(NotFoundError) as not_found:
-        make_client().roles()
+        make_client(sleep=fast_backoff).roles()
     assert not_found.value.status == 404 and not not_found.value.retryable
     assert statuses(exchange, "/v1/roles") == [500, 500, 404]
 
@@ -237,11 +242,11 @@ def test_client_errors_are_not_retried(
 
 
 def test_placing_an_order_is_not_repeated_after_a_server_error(
-    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: None
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient], fast_backoff: Callable[[float], None]
 ) -> None:
     fields = {"symbol": "btcusd", "amount": "1", "price": "100.00", "side": "buy", "type": "exchange limit"}
     exchange.inject_fault("maintenance", "/v1/order/new")
-    client = make_client()
+    client = make_client(sleep=fast_backoff)
     with pytest.raises(ServiceError):
         client.private("/v1/order/new", **fields)
     exchange.inject_fault("rate_limit", "/v1/order/new")

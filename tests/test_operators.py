@@ -21,12 +21,13 @@ import pytest
 from airflow.sdk.bases.operator import ExecutorSafeguard
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_gemini.models import CancelReport, Order
+from airflow_provider_gemini.models import Order
 from airflow_provider_gemini.operators.cancel import (
     GeminiCancelAllOrdersOperator,
     GeminiCancelOrderOperator,
     GeminiCancelStaleOrdersOperator,
 )
+from airflow_provider_gemini.report import CancelReport
 from airflow_provider_gemini.testing.exchange import GeminiExchange, JournalEntry
 
 CANCEL = "/v1/order/cancel"

@@ -13,7 +13,8 @@ import pytest
 from airflow.sdk.serde import deserialize, serialize
 
 from airflow_provider_gemini.testing.exchange import GeminiExchange
-from airflow_provider_gemini.triggers.order import GeminiOrderStatusTrigger, OrderWatch
+from airflow_provider_gemini.triggers.order import GeminiOrderStatusTrigger
+from airflow_provider_gemini.watch import OrderWatch
 
 STATUS, ORDERS, CANCEL = "/v1/order/status", "/v1/orders", "/v1/order/cancel"
 BIG_ID = "9223372036854775807"
@@ -277,11 +278,10 @@ def test_transient_and_fatal_errors() -> None:
         RateLimitedError,
         ServiceError,
     )
-    from airflow_provider_gemini.triggers.order import is_transient
 
-    assert is_transient(MarketClosedError("closed", reason="MarketClosed", status=400))
-    assert is_transient(ServiceError("down", reason="Maintenance", status=503))
-    assert is_transient(ServiceError("no answer", reason="ConnectionError", status=None))
-    assert is_transient(RateLimitedError("slow down", reason="RateLimit", status=429))
-    assert not is_transient(OrderNotFoundError("unknown", reason="OrderNotFound", status=404))
-    assert not is_transient(InvalidSignatureError("bad", reason="InvalidSignature", status=400))
+    assert MarketClosedError("closed", reason="MarketClosed", status=400).transient
+    assert ServiceError("down", reason="Maintenance", status=503).transient
+    assert ServiceError("no answer", reason="ConnectionError", status=None).transient
+    assert RateLimitedError("slow down", reason="RateLimit", status=429).transient
+    assert not OrderNotFoundError("unknown", reason="OrderNotFound", status=404).transient
+    assert not InvalidSignatureError("bad", reason="InvalidSignature", status=400).transient

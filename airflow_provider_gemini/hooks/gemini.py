@@ -10,8 +10,10 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
+from airflow_provider_gemini import DEFAULT_CONN_ID
+from airflow_provider_gemini.arguments import parse_base_url
 from airflow_provider_gemini.auth import NONCE_MODES
-from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient, valid_hostname
+from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
 from airflow_provider_gemini.exceptions import GeminiError
 
 ENVIRONMENTS = {"production": PRODUCTION_URL, "sandbox": SANDBOX_URL}
@@ -34,25 +36,15 @@ def _base_url(fail: Fail, conn: Any, environment: str) -> str:
         return ENVIRONMENTS[environment]
     schema = str(conn.schema or "").strip().lower()
     text = host if "://" in host else f"{schema if schema in ('http', 'https') else 'https'}://{host}"
-    example = "expected a base URL such as https://api.gemini.com or http://127.0.0.1:8765"
     try:
-        parts = urlsplit(text)
-        port = parts.port
+        url = parse_base_url(text, "host")
+        if conn.port and urlsplit(url).port is None:
+            url = f"{url}:{int(conn.port)}"
     except ValueError:
-        raise fail(f"host: {example}, got {host!r}") from None
-    if (
-        parts.scheme not in ("http", "https")
-        or not valid_hostname(parts.hostname)
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or parts.username is not None
-    ):
-        raise fail(f"host: {example}, got {host!r}")
-    netloc = parts.netloc
-    if port is None and conn.port:
-        netloc = f"{netloc}:{int(conn.port)}"
-    return f"{parts.scheme}://{netloc}"
+        raise fail(
+            f"host: expected a base URL such as https://api.gemini.com or http://127.0.0.1:8765, got {host!r}"
+        ) from None
+    return url
 
 
 def _choice(fail: Fail, extra: Mapping[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -154,7 +146,7 @@ class GeminiHook(BaseHook):
     """
 
     conn_name_attr = "gemini_conn_id"
-    default_conn_name = "gemini_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "gemini_exchange"
     hook_name = "Gemini Exchange"
 

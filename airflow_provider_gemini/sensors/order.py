@@ -1,7 +1,7 @@
 """GeminiOrderCancelledSensor: wait until orders are really gone, cancelling them on the way if asked.
 
-Only airflow.sdk (and the config) is imported here, so a DAG file that uses the sensor stays cheap to
-parse; the hook, the client and the trigger are imported when a poke runs.
+Glue over `watch.OrderWatch`. Only airflow.sdk (and the config) is imported here, so a DAG file that
+uses the sensor stays cheap to parse; the hook, the client and the trigger are imported when it runs.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from airflow_provider_gemini.arguments import parse_account, unrendered
+from airflow_provider_gemini import DEFAULT_CONN_ID
+from airflow_provider_gemini.arguments import parse_account, parse_conn_id, parse_order_ids, unrendered
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_gemini.client import GeminiClient
     from airflow_provider_gemini.hooks.gemini import GeminiHook
-    from airflow_provider_gemini.triggers.order import OrderWatch
+    from airflow_provider_gemini.watch import OrderWatch
 
 STATE_KEY = "gemini_order_cancelled_sensor"
 """The task_state_store key that carries settled orders from one rescheduled poke to the next."""
@@ -56,14 +57,12 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         order_id: Any,
         request_cancel: bool = True,
         accept_filled: bool = False,
-        gemini_conn_id: str = "gemini_default",
+        gemini_conn_id: str = DEFAULT_CONN_ID,
         account: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from airflow_provider_gemini.models import parse_order_ids
-
         if not unrendered(order_id):
             parse_order_ids(order_id, "order_id")
         for name, flag in (
@@ -73,8 +72,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected True or False, got {flag!r}")
-        if not isinstance(gemini_conn_id, str) or not gemini_conn_id.strip():
-            raise ValueError(f"gemini_conn_id: expected a connection id, got {gemini_conn_id!r}")
+        parse_conn_id(gemini_conn_id)
         if not unrendered(account):
             parse_account(account)
         self.order_id = order_id
@@ -90,8 +88,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
 
     def _load_watch(self, context: Context) -> OrderWatch:
         """This instance's watch; in reschedule mode, carried on from the task_state_store."""
-        from airflow_provider_gemini.models import parse_order_ids
-        from airflow_provider_gemini.triggers.order import OrderWatch
+        from airflow_provider_gemini.watch import OrderWatch
 
         try:
             order_ids = parse_order_ids(self.order_id, "order_id")
@@ -151,8 +148,14 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
 
     # -- poke ----------------------------------------------------------------------------------------
 
+    def execute(self, context: Context) -> Any:
+        """Poke once on the worker (sending the cancels), then wait in the triggerer when deferrable."""
+        if not self.deferrable:
+            return super().execute(context)
+        return self._poke_then_defer(context)
+
     def poke(self, context: Context) -> PokeReturnValue:
-        """One look at the pending orders (plus their cancels); defers afterwards when deferrable."""
+        """One look at the pending orders (plus their cancels when `request_cancel`)."""
         watch = self._load_watch(context)
         client = self._client()
         result = watch.poll(client, request_cancel=self.request_cancel, log=self.log)
@@ -166,17 +169,21 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         if result.done:
             client.close()
             return self._done(watch)
-        pending = watch.pending()
         self.log.info(
             "%d of %d order(s) not cancelled yet (%d seen live)",
-            len(pending),
+            len(watch.pending()),
             len(watch.order_ids),
             result.live,
         )
-        if self.deferrable:
-            client.close()
-            self._defer(watch)
         return PokeReturnValue(is_done=False)
+
+    def _poke_then_defer(self, context: Context) -> Any:
+        result = self.poke(context)
+        if result.is_done:
+            return result.xcom_value
+        assert self._watch is not None
+        self._client().close()
+        self._defer(self._watch)
 
     def _push_report(self, context: Context, report: dict[str, Any]) -> None:
         """Before failing, push the report as the cancel operators do, so a partial result is kept."""
@@ -184,7 +191,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
             context["ti"].xcom_push(key="return_value", value=report)
 
     def _done(self, watch: OrderWatch) -> PokeReturnValue:
-        from airflow_provider_gemini.models import CancelReport
+        from airflow_provider_gemini.report import CancelReport
 
         report = watch.final_report()
         self.log.info(
@@ -227,8 +234,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume from the trigger: return the report, send owed cancels and wait again, or fail."""
-        from airflow_provider_gemini.models import parse_order_ids
-        from airflow_provider_gemini.triggers.order import OrderWatch
+        from airflow_provider_gemini.watch import OrderWatch, WatchStatus
 
         if not isinstance(event, dict):
             raise AirflowFailException(f"GeminiOrderStatusTrigger sent no usable event: {event!r}")
@@ -243,17 +249,12 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
             account=parse_account(self.account),
             state=state,
         )
-        if status == "success":
+        if status == WatchStatus.SUCCESS:
             return self._done(self._watch).xcom_value
-        if status == "cancel_needed":
+        if status == WatchStatus.CANCEL_NEEDED:
             self.log.info("%s", message)
-            result = self.poke(context)
-            if not result.is_done:
-                raise AirflowFailException(
-                    "orders still pending after the owed cancels; nothing to wait with"
-                )
-            return result.xcom_value
+            return self._poke_then_defer(context)
         self._push_report(context, self._watch.final_report())
-        if status == "timeout":
+        if status == WatchStatus.TIMEOUT:
             raise AirflowSensorTimeout(f"Sensor has timed out: {message}")
         raise AirflowFailException(message or f"GeminiOrderStatusTrigger failed (status {status!r})")
