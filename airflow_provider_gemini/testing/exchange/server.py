@@ -1,0 +1,148 @@
+"""The HTTP side: a threading server that can close every connection it holds, and a request
+handler with a lean HTTP/1.x parser that writes each answer as the exchange built it."""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import socket
+import socketserver
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, cast
+
+from .records import Answer
+
+
+class Backend(Protocol):
+    """What answers the requests: the exchange's dispatcher."""
+
+    def post(self, path: str, api_key: str | None, payload: str | None, sig: str | None) -> Answer: ...
+
+    def get(self, path: str) -> Answer: ...
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], backend: Backend) -> None:
+        self.backend = backend
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(address, RequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet for connections the client (or stop()) closed; a traceback for anything else."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def track(self, conn: socket.socket, open_: bool) -> None:
+        with self._conn_lock:
+            if open_:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        """Wake keep-alive handler threads blocked on reads so stop() leaves nothing behind."""
+        with self._conn_lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "GeminiLocalExchange"
+    sys_version = ""
+    fields: dict[str, str] = {}  # noqa: RUF012 - replaced per request by parse_request
+    raw_requestline: bytes
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._srv.track(self.connection, True)
+
+    def finish(self) -> None:
+        self._srv.track(self.connection, False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    @property
+    def _srv(self) -> Server:
+        return cast(Server, self.server)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: a log line per request would slow the benchmarks and could leak headers."""
+
+    def parse_request(self) -> bool:
+        """A lean HTTP/1.x parser: headers into a plain dict (the email parser is most of the cost)."""
+        self.command, self.request_version = "", "HTTP/1.1"
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3 or not words[2].startswith("HTTP/1."):
+            self.close_connection = True
+            self.send_error(400, "Bad request line")
+            return False
+        self.command, self.path, self.request_version = words
+        fields: dict[str, str] = {}
+        for _ in range(100):
+            line = self.rfile.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("iso-8859-1").partition(":")
+            fields[name.strip().lower()] = value.strip()
+        else:
+            self.close_connection = True
+            self.send_error(431, "Too many headers")
+            return False
+        self.fields = fields
+        connection = fields.get("connection", "").lower()
+        self.close_connection = connection == "close" or (
+            self.request_version == "HTTP/1.0" and connection != "keep-alive"
+        )
+        return True
+
+    def _path(self) -> str:
+        length = self.fields.get("content-length", "")
+        if length.isdigit() and int(length) > 0:
+            self.rfile.read(int(length))
+        return self.path.split("?", 1)[0]
+
+    def do_POST(self) -> None:
+        path = self._path()
+        fields = self.fields
+        self._send(
+            self._srv.backend.post(
+                path,
+                fields.get("x-gemini-apikey"),
+                fields.get("x-gemini-payload"),
+                fields.get("x-gemini-signature"),
+            )
+        )
+
+    def do_GET(self) -> None:
+        self._send(self._srv.backend.get(self._path()))
+
+    def _send(self, answer: Answer) -> None:
+        if answer.drop:
+            self.close_connection = True
+            return
+        lines = [f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}"]
+        if answer.content_type:
+            lines.append(f"Content-Type: {answer.content_type}")
+        lines.append(f"Content-Length: {len(answer.body)}")
+        lines.extend(f"{name}: {value}" for name, value in answer.headers)
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head + answer.body)
