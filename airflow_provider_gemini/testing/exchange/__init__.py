@@ -17,13 +17,24 @@ Choices where Gemini's documentation is silent (see also the README):
 - time-nonce keys need a nonce in seconds within +/-30 s and need not increase; counter keys need a
   strictly increasing nonce;
 - a master key naming an account outside its group gets 400 `InvalidAccount`; an account key's
-  `account` field is ignored.
+  `account` field is ignored;
+- every answer carries a `Date` header (RFC 7231 IMF-fixdate), read from the exchange's clock.
+
+The clock is the host's plus `clock_offset` seconds (`GeminiExchange(clock_offset=...)`,
+`set_clock_offset`, `--clock-offset`): it dates the answers, stamps orders placed without an explicit
+timestamp and their trades, and anchors the time-nonce window. The journal keeps the host's time.
+
+Ways to misbehave beyond maintenance and closed markets: `inject_fault` and `set_fault_rate` (429,
+503, a text 500, an empty 404, a connection dropped before or after acting, on any endpoint, cancel/all
+and cancel/session included; a delayed answer; a "trickle" answer sent a few bytes at a time, so a
+per-read timeout never fires while the whole answer takes `delay` seconds); `reject_cancels`; and
+`inject_listing_rows`, raw rows /v1/orders lists after the live orders, for rows a client cannot parse.
 
 Run it alone with `python -m airflow_provider_gemini.testing.exchange --port 8765 --seed demo`.
 `GET /_admin/orders`, `/_admin/journal` and `/_admin/health` are unauthenticated, test-only views.
 
 Its parts, each importing only those before it: `records` (answers and JSON helpers), `journal`,
-`rules` (keys, signatures, nonces, roles, accounts, the rate limit), `book` (orders), `faults`
+`clock`, `rules` (keys, signatures, nonces, roles, accounts, the rate limit), `book` (orders), `faults`
 (injected faults, maintenance), `routes` (the endpoint table), `dispatch` (one request through the
 checks to its route), `server` (HTTP), `facade` (`GeminiExchange`) and `cli`.
 """

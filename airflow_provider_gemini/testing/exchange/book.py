@@ -5,12 +5,12 @@ Not locked: callers hold the exchange's lock.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
+from .clock import Clock
 from .records import Reject, as_int
 
 FIRST_ORDER_ID = 9007199254740993  # 2**53 + 1: the first id a float cannot hold
@@ -121,13 +121,16 @@ class Order:
 
 
 class Book:
-    """Every order of every account, by id; plus the markets closed to new orders and the orders
-    that cancel/all and cancel/session refuse to cancel."""
+    """Every order of every account, by id; plus the markets closed to new orders, the orders that
+    cancel/all and cancel/session refuse to cancel, and the raw rows /v1/orders lists after the
+    live orders (for an account, or None: every account)."""
 
-    def __init__(self, first_order_id: int) -> None:
+    def __init__(self, first_order_id: int, clock: Clock) -> None:
         self.orders: dict[int, Order] = {}
         self.closed_markets: set[str] = set()
         self.reject_cancels: set[int] = set()
+        self.listing_rows: list[tuple[str | None, Any]] = []
+        self._clock = clock
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._next_id = first_order_id
 
@@ -167,6 +170,12 @@ class Book:
         """Live orders (of one account, or all), oldest id first."""
         return [o for o in self.orders.values() if o.is_live and account in (None, o.account)]
 
+    def listing(self, account: str) -> list[Any]:
+        """What /v1/orders answers: the account's live status objects, then its raw rows."""
+        rows = [o.status() for o in self.live(account)]
+        rows.extend(row for where, row in self.listing_rows if where in (None, account))
+        return rows
+
     def cancel_where(self, match: Callable[[Order], bool]) -> dict[str, Any]:
         """Cancel the matching live orders: the answer of cancel/all and cancel/session."""
         cancelled, rejected = [], []
@@ -185,7 +194,7 @@ class Book:
             if order.is_live and order.session in sessions:
                 order.cancel("Requested")
 
-    def fill(self, order_id: int | str, amount: str | None, now_ms: int) -> Order:
+    def fill(self, order_id: int | str, amount: str | None) -> Order:
         """Fill a live order (all of what remains, or `amount` of it) at its price."""
         order = self.get(order_id)
         if not order.is_live:
@@ -194,6 +203,7 @@ class Book:
         if not 0 < qty <= order.remaining():
             raise ValueError(f"amount: {amount!r} must be positive and at most what remains")
         order.executed += qty
+        now_ms = self._clock.ms()
         order.trades.append(
             {
                 "price": order.price,
@@ -264,7 +274,7 @@ class Book:
             price=price,
             original_amount=amount,
             client_order_id=coid,
-            timestampms=int(time.time() * 1000) if timestampms is None else timestampms,
+            timestampms=self._clock.ms() if timestampms is None else timestampms,
             options=list(options),
             stop_price=stop_price,
         )

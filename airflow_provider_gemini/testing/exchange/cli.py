@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         "--require-heartbeat", action="store_true", help="cancel the key's orders when silent"
     )
     parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--clock-offset", type=float, default=0.0, help="seconds the exchange's clock runs ahead (default 0)"
+    )
     parser.add_argument("--ready-file", help="write the URL to this file once listening")
     return parser
 
@@ -53,9 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     rate = args.rate_limit_per_minute or None
-    exchange = GeminiExchange(
-        args.host, args.port, rate, args.burst, args.first_order_id, heartbeat_timeout=args.heartbeat_timeout
-    )
+    try:
+        exchange = GeminiExchange(
+            args.host,
+            args.port,
+            rate,
+            args.burst,
+            args.first_order_id,
+            heartbeat_timeout=args.heartbeat_timeout,
+            clock_offset=args.clock_offset,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     exchange.add_key(
         args.api_key, args.api_secret, nonce_mode=args.nonce_mode, require_heartbeat=args.require_heartbeat
     )
@@ -72,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             seeded = ""
         limit = "off" if rate is None else f"{rate:g}/min, burst {args.burst}"
-        print(f"Local Gemini exchange (test only) listening on {exchange.url} (rate limit {limit}{seeded})")
+        clock = f"; clock offset {args.clock_offset:+g} s" if args.clock_offset else ""
+        print(
+            f"Local Gemini exchange (test only) listening on {exchange.url} "
+            f"(rate limit {limit}{seeded}{clock})"
+        )
         print(f"export AIRFLOW_CONN_GEMINI_DEFAULT='{exchange.airflow_connection()}'")
         print(f"Admin (unauthenticated): GET {exchange.url}/_admin/orders and {exchange.url}/_admin/journal")
         print("Stop with Ctrl-C.", flush=True)

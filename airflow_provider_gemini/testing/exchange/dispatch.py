@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .book import Book
+from .clock import Clock
 from .faults import MAINTENANCE_MESSAGE, Faults, Maintenance
 from .journal import Journal, JournalEntry
 from .records import Answer, Reject, decode_payload, dumps, error_answer
@@ -33,6 +34,7 @@ class Dispatcher:
         faults: Faults,
         maintenance: Maintenance,
         journal: Journal,
+        clock: Clock,
     ) -> None:
         self._lock = lock
         self._keys = keys
@@ -40,6 +42,7 @@ class Dispatcher:
         self._faults = faults
         self._maintenance = maintenance
         self._journal = journal
+        self._clock = clock
 
     def post(self, path: str, api_key: str | None, payload: str | None, sig: str | None) -> Answer:
         if path.startswith(ADMIN_PREFIX):
@@ -56,8 +59,8 @@ class Dispatcher:
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.delay or 0.0)
         answer, decoded = self._process(path, api_key, payload, sig)
-        if fault is not None and fault.kind == "drop_after":
-            answer.drop = True
+        if fault is not None:
+            fault.spoil(answer)
         self._record(path, api_key, decoded, answer.status, answer.reason, fault.kind if fault else None)
         return answer
 
@@ -124,7 +127,7 @@ class Dispatcher:
                 )
             with self._lock:
                 key.last_seen = time.monotonic()
-                check_nonce(key, decoded, time.time())
+                check_nonce(key, decoded, self._clock.time())
                 check_role(key, route.roles)
                 account = account_for(key, decoded) if route.needs_account else None
                 result = route.handler(self._book, key, account, decoded)

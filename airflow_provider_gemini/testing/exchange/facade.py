@@ -3,6 +3,7 @@ state and its lock, and starts the server and the heartbeat reaper."""
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from .book import DEMO_BOOK, FIRST_ORDER_ID, Book
+from .clock import Clock, check_offset
 from .dispatch import Dispatcher
 from .faults import RANDOM_FAULT_KINDS, Faults, Maintenance
 from .journal import Journal, JournalEntry
@@ -24,7 +26,8 @@ class GeminiExchange:
 
     `rate_limit_per_minute=None` turns the per-key token bucket off; `burst` is its capacity.
     `heartbeat_timeout` is the default silence (seconds) after which a "require heartbeat" key's
-    session orders are cancelled. Every public method is thread-safe.
+    session orders are cancelled. `clock_offset` (seconds) sets the exchange's clock ahead of the
+    host's (or behind, if negative). Every public method is thread-safe.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class GeminiExchange:
         first_order_id: int = FIRST_ORDER_ID,
         heartbeat_timeout: float = 30.0,
         journal_limit: int = 200_000,
+        clock_offset: float = 0.0,
     ) -> None:
         if rate_limit_per_minute is not None and rate_limit_per_minute <= 0:
             raise ValueError("rate_limit_per_minute: must be positive, or None to turn the limit off")
@@ -50,13 +54,14 @@ class GeminiExchange:
         self.api_secret: str | None = None
         self._rate = None if rate_limit_per_minute is None else rate_limit_per_minute / 60.0
         self._lock = threading.Lock()
+        self._clock = Clock(clock_offset)
         self._keys: dict[str, Key] = {}
-        self._book = Book(first_order_id)
+        self._book = Book(first_order_id, self._clock)
         self._faults = Faults()
         self._maintenance = Maintenance()
         self._journal = Journal(journal_limit)
         self._dispatcher = Dispatcher(
-            self._lock, self._keys, self._book, self._faults, self._maintenance, self._journal
+            self._lock, self._keys, self._book, self._faults, self._maintenance, self._journal, self._clock
         )
         self._server: Server | None = None
         self._threads: list[threading.Thread] = []
@@ -73,7 +78,7 @@ class GeminiExchange:
         if self._server is not None:
             raise RuntimeError("GeminiExchange is already running")
         self._stopping.clear()
-        server = Server((self.host, self.port), self._dispatcher)
+        server = Server((self.host, self.port), self._dispatcher, self._clock)
         self._server = server
         self.port = server.server_address[1]
         serve = threading.Thread(
@@ -217,7 +222,7 @@ class GeminiExchange:
     def fill_order(self, order_id: int | str, amount: str | None = None) -> dict[str, Any]:
         """Fill a live order (all of what remains, or `amount` of it) at its price."""
         with self._lock:
-            return self._book.fill(order_id, amount, int(time.time() * 1000)).status()
+            return self._book.fill(order_id, amount).status()
 
     def cancel_by_exchange(self, order_id: int | str, reason: str = "MarketClosed") -> dict[str, Any]:
         """Cancel a live order as the exchange would (any reason string, e.g. from the seed's table)."""
@@ -241,7 +246,7 @@ class GeminiExchange:
         """Seed a mixed book for `api_key`: stale (2-3 h) and fresh (minutes) orders over btcusd,
         ethusd and solusd, both sides, "mm-" / "manual-" / no client ids; plus one filled and one
         cancelled order. Returns every order's status object, in placing order."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = self._clock.ms() if now_ms is None else now_ms
         placed = [
             self.place_order(
                 api_key,
@@ -288,6 +293,31 @@ class GeminiExchange:
         with self._lock:
             self._book.reject_cancels.update(self._book.get(order_id).order_id for order_id in order_ids)
 
+    def inject_listing_rows(self, rows: Sequence[Any], account: str | None = None) -> None:
+        """Make /v1/orders list these raw rows, as given, after the live orders (of `account`, or
+        of every account): rows a client cannot parse, such as `{"order_id": "123", "timestampms":
+        "1.7e12"}`. They are not orders: nothing else sees them. They stay until cleared."""
+        if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
+            raise ValueError(f"rows: a list of rows is needed, got {type(rows).__name__}")
+        copied = [copy.deepcopy(row) for row in rows]
+        with self._lock:
+            self._book.listing_rows.extend((account, row) for row in copied)
+
+    def clear_listing_rows(self) -> None:
+        with self._lock:
+            self._book.listing_rows.clear()
+
+    @property
+    def clock_offset(self) -> float:
+        return self._clock.offset
+
+    def set_clock_offset(self, seconds: float) -> None:
+        """Set the exchange's clock `seconds` ahead of the host's (negative: behind). It dates every
+        answer (`Date`), stamps new orders and trades, and anchors the time-nonce window."""
+        offset = check_offset(seconds)
+        with self._lock:
+            self._clock.offset = offset
+
     # ---- faults ----------------------------------------------------------------------------------
 
     def inject_fault(
@@ -297,17 +327,20 @@ class GeminiExchange:
         count: int = 1,
         retry_after: float | None = None,
         delay: float | None = None,
+        chunk_bytes: int | None = None,
     ) -> None:
         """Queue `count` faults for requests to `path` (None: any /v1 path), used in queue order.
 
         Kinds: "rate_limit" (429 RateLimit), "maintenance" (503 Maintenance), "server_error_text"
         (500 text/plain), "not_found_empty" (404, empty body), "drop" (close without answering),
         all sent before the request is processed; "drop_after" (process it, then close without
-        answering); "delay" (sleep `delay` seconds, then process and answer). `retry_after` adds a
-        Retry-After header to the 429 and 503 answers.
+        answering); "delay" (sleep `delay` seconds, then process and answer); "trickle" (process
+        it, then send the answer `chunk_bytes` bytes at a time (default 1), with pauses adding up to
+        `delay` seconds, so a client whose timeout is per read waits the whole `delay`).
+        `retry_after` adds a Retry-After header to the 429 and 503 answers.
         """
         with self._lock:
-            self._faults.inject(kind, path, count, retry_after, delay)
+            self._faults.inject(kind, path, count, retry_after, delay, chunk_bytes)
 
     def set_fault_rate(
         self,
@@ -316,11 +349,12 @@ class GeminiExchange:
         kinds: Sequence[str] = RANDOM_FAULT_KINDS,
         delay: float | None = None,
         retry_after: float | None = None,
+        chunk_bytes: int | None = None,
     ) -> None:
         """Fault a `rate` share of /v1 requests at random (seeded, so a run can be replayed);
         queued faults go first. `rate=0` turns it off."""
         with self._lock:
-            self._faults.set_rate(rate, seed, kinds, delay, retry_after)
+            self._faults.set_rate(rate, seed, kinds, delay, retry_after, chunk_bytes)
 
     def clear_faults(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .records import Answer, error_answer, seconds_header
+from .records import Answer, Trickle, error_answer, seconds_header
 
 FAULT_KINDS = (
     "rate_limit",
@@ -20,17 +20,20 @@ FAULT_KINDS = (
     "drop",
     "drop_after",
     "delay",
+    "trickle",
 )
 RANDOM_FAULT_KINDS = ("rate_limit", "maintenance", "server_error_text", "drop")
 MAINTENANCE_MESSAGE = "The Gemini Exchange is currently undergoing maintenance. Please try again later."
-_AFTER_PROCESSING = ("delay", "drop_after")  # kinds that let the request through to its endpoint
+_AFTER_PROCESSING = ("delay", "drop_after", "trickle")  # kinds that let the request through to its endpoint
 
 
-def check_fault(kind: str, delay: float | None) -> None:
+def check_fault(kind: str, delay: float | None, chunk_bytes: int | None = None) -> None:
     if kind not in FAULT_KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {FAULT_KINDS!r}")
-    if kind == "delay" and (delay is None or delay < 0):
-        raise ValueError("delay: the 'delay' fault needs a delay in seconds")
+    if kind in ("delay", "trickle") and (delay is None or delay < 0):
+        raise ValueError(f"delay: the {kind!r} fault needs a delay in seconds")
+    if chunk_bytes is not None and (isinstance(chunk_bytes, bool) or chunk_bytes < 1):
+        raise ValueError(f"chunk_bytes: must be at least 1, got {chunk_bytes!r}")
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class Fault:
     count: int
     retry_after: float | None
     delay: float | None
+    chunk_bytes: int | None = None
 
     @property
     def answers_first(self) -> bool:
@@ -59,6 +63,13 @@ class Fault:
             return Answer(404, b"", content_type=None)
         return Answer(0, b"", drop=True)
 
+    def spoil(self, answer: Answer) -> None:
+        """Apply a fault that lets the request through to the answer its endpoint gave."""
+        if self.kind == "drop_after":
+            answer.drop = True
+        elif self.kind == "trickle":
+            answer.trickle = Trickle(self.delay or 0.0, self.chunk_bytes or 1)
+
 
 class Faults:
     """Queued faults, used in queue order, then a seeded random share of the rest."""
@@ -70,14 +81,21 @@ class Faults:
         self._kinds: tuple[str, ...] = RANDOM_FAULT_KINDS
         self._delay: float | None = None
         self._retry_after: float | None = None
+        self._chunk_bytes: int | None = None
 
     def inject(
-        self, kind: str, path: str | None, count: int, retry_after: float | None, delay: float | None
+        self,
+        kind: str,
+        path: str | None,
+        count: int,
+        retry_after: float | None,
+        delay: float | None,
+        chunk_bytes: int | None,
     ) -> None:
-        check_fault(kind, delay)
+        check_fault(kind, delay, chunk_bytes)
         if count < 1:
             raise ValueError(f"count: must be at least 1, got {count!r}")
-        self._queue.append(Fault(kind, path, count, retry_after, delay))
+        self._queue.append(Fault(kind, path, count, retry_after, delay, chunk_bytes))
 
     def set_rate(
         self,
@@ -86,18 +104,20 @@ class Faults:
         kinds: Sequence[str],
         delay: float | None,
         retry_after: float | None,
+        chunk_bytes: int | None,
     ) -> None:
         if not 0 <= rate <= 1:
             raise ValueError(f"rate: must be between 0 and 1, got {rate!r}")
         if not kinds:
             raise ValueError("kinds: at least one fault kind is needed")
         for kind in kinds:
-            check_fault(kind, delay)
+            check_fault(kind, delay, chunk_bytes)
         self._rate = rate
         self._rng = random.Random(seed)
         self._kinds = tuple(kinds)
         self._delay = delay
         self._retry_after = retry_after
+        self._chunk_bytes = chunk_bytes
 
     def clear(self) -> None:
         self._queue.clear()
@@ -113,7 +133,7 @@ class Faults:
                 return fault
         if self._rate and self._rng.random() < self._rate:
             kind = self._rng.choice(self._kinds)
-            return Fault(kind, None, 1, self._retry_after, self._delay)
+            return Fault(kind, None, 1, self._retry_after, self._delay, self._chunk_bytes)
         return None
 
 

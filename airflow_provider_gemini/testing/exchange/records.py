@@ -27,6 +27,14 @@ class Reject(Exception):
         return error_answer(self.status, self.reason, self.message, self.headers)
 
 
+@dataclass(frozen=True, slots=True)
+class Trickle:
+    """Send an answer `chunk_bytes` at a time, the pauses between them adding up to `seconds`."""
+
+    seconds: float
+    chunk_bytes: int
+
+
 @dataclass(slots=True)
 class Answer:
     """One HTTP answer as the server will write it; `drop` closes the connection without one."""
@@ -37,6 +45,7 @@ class Answer:
     headers: list[tuple[str, str]] = field(default_factory=list)
     reason: str | None = None
     drop: bool = False
+    trickle: Trickle | None = None
 
 
 def dumps(value: Any) -> bytes:

@@ -52,7 +52,7 @@ def status(book: Book, key: Key, account: str | None, p: dict[str, Any]) -> dict
 
 def orders(book: Book, key: Key, account: str | None, p: dict[str, Any]) -> list[dict[str, Any]]:
     assert account is not None
-    return [o.status() for o in book.live(account)]
+    return book.listing(account)
 
 
 def heartbeat(book: Book, key: Key, account: str | None, p: dict[str, Any]) -> dict[str, Any]:

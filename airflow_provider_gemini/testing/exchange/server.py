@@ -1,5 +1,6 @@
 """The HTTP side: a threading server that can close every connection it holds, and a request
-handler with a lean HTTP/1.x parser that writes each answer as the exchange built it."""
+handler with a lean HTTP/1.x parser that writes each answer as the exchange built it, dated by the
+exchange's clock."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 
-from .records import Answer
+from .clock import Clock
+from .records import Answer, Trickle
 
 
 class Backend(Protocol):
@@ -28,8 +30,10 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], backend: Backend) -> None:
+    def __init__(self, address: tuple[str, int], backend: Backend, clock: Clock) -> None:
         self.backend = backend
+        self.clock = clock
+        self.closing = threading.Event()  # set by close_connections: a trickling answer stops
         self._connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
         super().__init__(address, RequestHandler)
@@ -53,6 +57,7 @@ class Server(ThreadingHTTPServer):
 
     def close_connections(self) -> None:
         """Wake keep-alive handler threads blocked on reads so stop() leaves nothing behind."""
+        self.closing.set()
         with self._conn_lock:
             conns = list(self._connections)
         for conn in conns:
@@ -80,6 +85,10 @@ class RequestHandler(BaseHTTPRequestHandler):
     @property
     def _srv(self) -> Server:
         return cast(Server, self.server)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The `Date` of the answers send_error writes (a bad request line, too many headers)."""
+        return self._srv.clock.http_date() if timestamp is None else super().date_time_string(timestamp)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: a log line per request would slow the benchmarks and could leak headers."""
@@ -137,7 +146,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         if answer.drop:
             self.close_connection = True
             return
-        lines = [f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}"]
+        lines = [
+            f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}",
+            f"Date: {self._srv.clock.http_date()}",
+        ]
         if answer.content_type:
             lines.append(f"Content-Type: {answer.content_type}")
         lines.append(f"Content-Length: {len(answer.body)}")
@@ -145,4 +157,17 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + answer.body)
+        if answer.trickle is None:
+            self.wfile.write(head + answer.body)
+        else:
+            self._trickle(head + answer.body, answer.trickle)
+
+    def _trickle(self, data: bytes, trickle: Trickle) -> None:
+        step = trickle.chunk_bytes
+        chunks = [data[i : i + step] for i in range(0, len(data), step)]
+        pause = trickle.seconds / max(1, len(chunks) - 1)
+        for i, chunk in enumerate(chunks):
+            if i and self._srv.closing.wait(pause):
+                self.close_connection = True
+                return
+            self.wfile.write(chunk)
