@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,8 +52,22 @@ def unrendered(value: object) -> bool:
 
 
 def is_none(value: object) -> bool:
-    """None, or the text a template renders for it."""
+    """None, or the text a template renders for it: for settings where None is a safe default."""
     return value is None or (isinstance(value, str) and value.strip() in NONE_TEXTS)
+
+
+def real_none(value: object, name: str, meaning: str) -> bool:
+    """True only for a real None, for safety settings whose None widens what a run touches (`meaning`:
+    "no cap", "every symbol"). Text that reads as none ("None", "null", "") fails closed: a template
+    that rendered a missing value must not switch a cap or a filter off."""
+    if value is None:
+        return True
+    if isinstance(value, str) and (not value.strip() or value.strip() in NONE_TEXTS):
+        raise ValueError(
+            f"{name}: got the text {show(value)}; only a real None means {meaning} "
+            "(render templates with render_template_as_native_obj=True, or pass None)"
+        )
+    return False
 
 
 def list_from_text(text: str, field: str, what: str = "list") -> list[Any]:
@@ -89,10 +103,19 @@ def parse_order_id(value: object, field: str = "order_id") -> int:
     return number
 
 
+REPORT_ID_LISTS = ("cancelled", "already_cancelled")
+"""The lists of a cancel report whose orders a confirm step waits on: the ones that are now cancelled."""
+
+
 def parse_order_ids(value: object, field: str = "order_id") -> list[int]:
-    """One id, a list/tuple of ids, or the text of a list (a rendered template); deduplicated, in order."""
+    """One id, a list/tuple of ids, the text of a list (a rendered template), or a cancel operator's
+    report (its cancelled and already-cancelled ids; possibly none); deduplicated, in order."""
     items: list[Any]
-    if isinstance(value, list | tuple):
+    if isinstance(value, Mapping) and any(name in value for name in REPORT_ID_LISTS):
+        items = [oid for name in REPORT_ID_LISTS for oid in value.get(name) or ()]
+        if not items:
+            return []
+    elif isinstance(value, list | tuple):
         items = list(value)
     elif isinstance(value, str) and value.strip()[:1] in ("[", "("):
         items = list_from_text(value.strip(), field, "list of order ids")
@@ -142,7 +165,7 @@ def parse_scope(value: object, name: str = "scope") -> str:
 
 def parse_side(value: object, name: str = "side") -> str | None:
     """'buy', 'sell', or None for both sides."""
-    if is_none(value):
+    if real_none(value, name, "both sides"):
         return None
     if isinstance(value, str) and value.strip().lower() in SIDES:
         return value.strip().lower()
@@ -150,9 +173,12 @@ def parse_side(value: object, name: str = "side") -> str | None:
 
 
 def parse_prefix(value: object, name: str = "client_order_id_prefix") -> str | None:
-    """A client order id prefix (case-sensitive), or None for any client order id."""
-    if is_none(value):
+    """A client order id prefix (case-sensitive), or None for any client order id. An int is taken as
+    its digits: client order ids are often numeric, and native rendering turns "2024" into 2024."""
+    if real_none(value, name, "any client order id"):
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
     if isinstance(value, str) and value:
         return value
     raise ValueError(f"{name}: expected a non-empty string or None (any client order id), got {show(value)}")
@@ -187,7 +213,7 @@ def parse_seconds(value: object, name: str = "max_age") -> float:
 
 def parse_cap(value: object, name: str = "max_cancellations") -> int | None:
     """A cap of at least 1, or None for no cap."""
-    if is_none(value):
+    if real_none(value, name, "no cap"):
         return None
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -201,7 +227,7 @@ def parse_cap(value: object, name: str = "max_cancellations") -> int | None:
 
 def parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | None:
     """None (every symbol), one symbol, "btcusd,ethusd", a list, or a list's text; lower-cased."""
-    if is_none(value):
+    if real_none(value, name, "every symbol"):
         return None
     items: list[Any]
     if isinstance(value, str):
@@ -220,6 +246,28 @@ def parse_symbols(value: object, name: str = "symbols") -> tuple[str, ...] | Non
     if not symbols:
         raise ValueError(f"{name}: empty; pass None to match every symbol")
     return tuple(symbols)
+
+
+def parse_deadline(value: object, name: str = "deadline") -> datetime | timedelta | None:
+    """When a bulk run stops retrying: an aware datetime (or its ISO text), a timedelta from the start
+    (or seconds, or their text), or None for the default (derived from execution_timeout)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and "T" in value.strip():
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{name}: not an ISO 8601 date and time: {show(value)}") from None
+    else:
+        seconds = parse_seconds(value, name)
+        if seconds <= 0:
+            raise ValueError(f"{name}: expected a time after the start, got {show(value)}")
+        return timedelta(seconds=seconds)
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name}: needs a time zone (e.g. 2026-01-05T15:55:00-05:00), got {show(value)}")
+    return moment
 
 
 def parse_conn_id(value: object, name: str = "gemini_conn_id") -> str:

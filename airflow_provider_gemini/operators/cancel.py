@@ -8,8 +8,9 @@ failure part-way never hides what was cancelled.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -22,6 +23,7 @@ from airflow_provider_gemini.arguments import (
     parse_bool,
     parse_cap,
     parse_conn_id,
+    parse_deadline,
     parse_order_ids,
     parse_prefix,
     parse_scope,
@@ -50,6 +52,7 @@ class _GeminiCancelBase(BaseOperator):
     ui_color = "#00dcfa"
     parsers: ClassVar[dict[str, Parser]] = {}
     fail_on_not_found: bool = True
+    _active_run: CancelRun | None = None
 
     def __init__(
         self,
@@ -88,11 +91,35 @@ class _GeminiCancelBase(BaseOperator):
         super().render_template_fields(context, jinja_env)
         self._checked()
 
+    def _deadline(self, value: datetime | timedelta | None) -> float:
+        """The run's deadline as a time.monotonic() value: `deadline`, else 80% of execution_timeout
+        (the rest leaves time to publish the report), else DEFAULT_DEADLINE_SECONDS."""
+        from airflow_provider_gemini.cancelling import DEFAULT_DEADLINE_SECONDS
+
+        if isinstance(value, datetime):
+            seconds = (value - datetime.now(UTC)).total_seconds()
+            if seconds <= 0:
+                raise AirflowFailException(f"deadline: {value.isoformat()} has already passed")
+        elif isinstance(value, timedelta):
+            seconds = value.total_seconds()
+        elif self.execution_timeout is not None:
+            seconds = 0.8 * self.execution_timeout.total_seconds()
+        else:
+            seconds = DEFAULT_DEADLINE_SECONDS
+        return time.monotonic() + seconds
+
+    def on_kill(self) -> None:
+        """SIGTERM: stop before the next request; execute then pushes the partial report and fails."""
+        if self._active_run is not None:
+            self._active_run.terminate("the task was terminated (SIGTERM)")
+
     def execute(self, context: Context) -> dict[str, Any]:
         # Checked again here: Airflow renders mapped tasks without calling render_template_fields.
         arguments = self._checked()
         from airflow_provider_gemini.cancelling import CancelRun
         from airflow_provider_gemini.hooks.gemini import GeminiHook
+
+        deadline = self._deadline(arguments.get("deadline"))
 
         try:
             client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
@@ -104,7 +131,9 @@ class _GeminiCancelBase(BaseOperator):
                 account=arguments["account"],
                 log=self.log,
                 fail_on_not_found=self.fail_on_not_found,
+                deadline=deadline,
             )
+            self._active_run = run
             try:
                 self._run(run, arguments)
             except ValueError as error:
@@ -112,14 +141,18 @@ class _GeminiCancelBase(BaseOperator):
                 # could not use an answer: the same task run again would do the same, so no retries.
                 self._publish(context, run, push=True)
                 raise AirflowFailException(str(error)) from error
-            except Exception:
+            except BaseException:
+                # execution_timeout and termination are BaseExceptions: the report of what was done so
+                # far must reach XCom and the log on every exit.
                 self._publish(context, run, push=True)
                 raise
-        failing = bool(run.fatal or run.transient)
+            finally:
+                self._active_run = None
+        failing = bool(run.fatal or run.transient or run.terminated)
         data = self._publish(context, run, push=failing)
         if run.fatal:
             raise AirflowFailException(run.verdict(self.do_xcom_push))
-        if run.transient:
+        if run.transient or run.terminated:
             raise AirflowException(run.verdict(self.do_xcom_push))
         return data
 
@@ -145,14 +178,17 @@ class GeminiCancelOrderOperator(_GeminiCancelBase):
     already filled lands in `filled` (a warning, not a failure). Unknown ids land in `not_found` and,
     with `fail_on_not_found`, fail the task once every id was attempted. A dry run sends no cancel:
     live ids land in `dry_run`, the rest are classified with a read-only `/v1/order/status`, and the
-    task fails exactly where the real run would.
+    task fails exactly where the real run would. Ids that failed transiently are tried again in later
+    passes until `deadline` (an aware datetime, a timedelta from the start, or by default 80% of
+    `execution_timeout`, else 5 minutes).
     """
 
-    template_fields: Sequence[str] = ("order_id", "account", "dry_run")
+    template_fields: Sequence[str] = ("order_id", "account", "dry_run", "deadline")
     parsers: ClassVar[dict[str, Parser]] = {
         "order_id": parse_order_ids,
         "account": parse_account,
         "dry_run": parse_bool,
+        "deadline": parse_deadline,
     }
 
     def __init__(
@@ -163,10 +199,12 @@ class GeminiCancelOrderOperator(_GeminiCancelBase):
         account: str | None = None,
         fail_on_not_found: bool = True,
         dry_run: bool | str = False,
+        deadline: datetime | timedelta | float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(gemini_conn_id=gemini_conn_id, account=account, dry_run=dry_run, **kwargs)
         self.order_id = order_id
+        self.deadline = deadline
         self.fail_on_not_found = parse_bool(fail_on_not_found, "fail_on_not_found")
         self._arguments(literal_only=True)
 
@@ -234,7 +272,8 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
     `max_cancellations` is a safety cap: when more orders match, nothing is cancelled, the matching
     ids are reported under `dry_run` (with `stats.matched`), and the task fails without retries. An
     order that vanished between the listing and its cancel lands in `not_found` without failing the
-    task unless `fail_on_not_found`.
+    task unless `fail_on_not_found`. Orders that failed transiently are tried again in later passes
+    until `deadline` (as for GeminiCancelOrderOperator); only key-level errors end the run early.
     """
 
     template_fields: Sequence[str] = (
@@ -245,6 +284,7 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         "dry_run",
         "max_cancellations",
         "account",
+        "deadline",
     )
     parsers: ClassVar[dict[str, Parser]] = {
         "max_age": parse_seconds,
@@ -254,6 +294,7 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         "dry_run": parse_bool,
         "max_cancellations": parse_cap,
         "account": parse_account,
+        "deadline": parse_deadline,
     }
 
     def __init__(
@@ -268,9 +309,11 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         fail_on_not_found: bool = False,
         gemini_conn_id: str = DEFAULT_CONN_ID,
         account: str | None = None,
+        deadline: datetime | timedelta | float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(gemini_conn_id=gemini_conn_id, account=account, dry_run=dry_run, **kwargs)
+        self.deadline = deadline
         self.max_age = max_age
         self.symbols = symbols
         self.side = side
