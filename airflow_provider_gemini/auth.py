@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -16,8 +15,12 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
+from airflow_provider_gemini.state import StateFile, state_dir
+
 NonceMode = Literal["counter", "time"]
 NONCE_MODES: tuple[str, ...] = ("counter", "time")
+
+log = logging.getLogger(__name__)
 
 
 def _json_default(value: object) -> str:
@@ -54,86 +57,119 @@ def build_private_headers(
     }
 
 
-def nonce_file_for(api_key: str) -> str:
-    """The lock file that holds the last counter nonce of a key on this host (named by a hash)."""
-    digest = hashlib.sha256(api_key.encode()).hexdigest()
-    return os.path.join(tempfile.gettempdir(), f"airflow-provider-gemini-nonce-{digest}")
+def nonce_file_name(api_key: str) -> str:
+    """The name of the state file that holds a key's last counter nonce: a hash, never the key."""
+    return f"nonce-{hashlib.sha256(api_key.encode()).hexdigest()}"
 
 
-_live_sources: weakref.WeakSet[CounterNonce | TimeNonce] = weakref.WeakSet()
+def nonce_file_for(api_key: str, directory: str | os.PathLike[str] | None = None) -> str:
+    """The state file that holds the last counter nonce of a key on this host, in the checked
+    private state directory (created if missing; see state.py)."""
+    return str(state_dir(directory) / nonce_file_name(api_key))
+
+
+# Legitimately, the stored nonce runs ahead of the clock by a few milliseconds (more than one nonce a
+# millisecond) or by a small clock step back after it was sent. A value further ahead is not from this
+# client: sending it would move the key to where every other host and tool, counting from their
+# clocks, fails until the clock gets there (for a planted 10**15, never). A clock step back larger than
+# this costs InvalidNonce answers until the clock passes the last value, as it does for other tools.
+MAX_STORED_LEAD_MS = 60_000
+
+# A time-based nonce may lead the clock by this much, so a burst of requests need not wait a second
+# each; the rest of Gemini's +/-30 s window is left for the difference between this host's clock and
+# Gemini's.
+TIME_NONCE_LEAD_SECONDS = 2
+# Gemini's window for time-based nonces: a lead beyond it cannot be waited out usefully.
+GEMINI_NONCE_WINDOW_SECONDS = 30
+
+_live_sources: weakref.WeakSet[TimeNonce] = weakref.WeakSet()
 
 
 class CounterNonce:
-    """Milliseconds, strictly increasing for one key across every process on the host.
+    """Milliseconds, strictly increasing for one key across every process of this user on the host.
 
-    next = max(now_ms, last + 1), where `last` lives in a lock file under the temp dir; the file is
-    kept open and read and written with pread/pwrite under flock, so a nonce costs a few syscalls.
+    next = max(now_ms, last + 1), where `last` lives in a private state file (state.py) that is kept
+    open and read and written under flock, so a nonce costs a few syscalls. A stored value more than
+    MAX_STORED_LEAD_MS ahead of the clock is discarded with a warning.
     """
 
-    def __init__(self, api_key: str) -> None:
-        self.path = nonce_file_for(api_key)
-        self._lock = threading.Lock()
-        self._fd = -1
-        _live_sources.add(self)
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._file = StateFile(nonce_file_name(api_key), directory)
+        self.path = str(self._file.path)
+        self._clock = clock
 
     def __call__(self) -> int:
-        with self._lock:
-            fd = self._fd
-            if fd < 0:
-                fd = self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                try:
-                    last = int(os.pread(fd, 32, 0))
-                except ValueError:
-                    last = 0
-                nonce = time.time_ns() // 1_000_000
-                if nonce <= last:
-                    nonce = last + 1
-                os.pwrite(fd, b"%020d" % nonce, 0)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        return nonce
+        return self._file.update(self._next)
 
-    def _after_fork(self) -> None:
-        # flock belongs to the open file description, which a forked child shares with its parent:
-        # the child must open its own, or both could hold the "exclusive" lock at once.
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1
-        self._lock = threading.Lock()
+    def _next(self, stored: bytes) -> tuple[bytes, int]:
+        now = int(self._clock() * 1000)
+        try:
+            last = int(stored)
+        except ValueError:
+            last = 0
+        if last - now > MAX_STORED_LEAD_MS:
+            log.warning(
+                "Nonce state %s holds %d, more than %d ms ahead of the clock (%d ms): not sent by this "
+                "client; starting again from the clock",
+                self.path,
+                last,
+                MAX_STORED_LEAD_MS,
+                now,
+            )
+            last = 0
+        nonce = max(now, last + 1)
+        return b"%020d" % nonce, nonce
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-
-    def __del__(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        self._file.close()
 
 
 class TimeNonce:
     """Whole seconds from the clock, for time-based keys (checked against Gemini's clock, +/-30 s).
 
-    It never hands out the same second twice in one process: a second request within a second waits
-    for the next one, since whether Gemini also wants time nonces to increase is unconfirmed.
+    It never hands out the same second twice in one process, since whether Gemini also wants time
+    nonces to increase is unconfirmed, and never leads the clock by more than TIME_NONCE_LEAD_SECONDS:
+    it waits instead. After the clock steps back by more than Gemini's window, waiting would take too
+    long and the values it leads with would be refused anyway, so it restarts from the clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._last = 0
         _live_sources.add(self)
 
     def __call__(self) -> int:
         with self._lock:
-            wait = self._last + 1 - time.time()
-            if 0 < wait <= 1:
-                time.sleep(wait)
-            # After a clock step backwards, keep counting up rather than wait for the clock.
-            self._last = max(int(time.time()), self._last + 1)
-            return self._last
+            while True:
+                now = self._clock()
+                nonce = max(int(now), self._last + 1)
+                lead = nonce - now
+                if lead <= TIME_NONCE_LEAD_SECONDS:
+                    break
+                if lead > GEMINI_NONCE_WINDOW_SECONDS:
+                    log.warning(
+                        "Time nonce: the clock (%d) is %d s behind the last nonce (%d), more than "
+                        "Gemini's %d s window; starting again from the clock",
+                        int(now),
+                        int(lead),
+                        self._last,
+                        GEMINI_NONCE_WINDOW_SECONDS,
+                    )
+                    nonce = int(now)
+                    break
+                self._sleep(lead - TIME_NONCE_LEAD_SECONDS)
+            self._last = nonce
+            return nonce
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()

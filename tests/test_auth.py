@@ -8,10 +8,11 @@ import hmac
 import itertools
 import json
 import multiprocessing
-import tempfile
+import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,13 +25,18 @@ from airflow_provider_gemini.auth import (
     nonce_file_for,
     nonce_source,
 )
+from airflow_provider_gemini.state import STATE_DIR_ENV
 
 
 @pytest.fixture
-def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep the nonce lock files of a test in its own temp dir."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path
+def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Keep the nonce state of a test in a private dir of its own; the umask makes the files a test
+    plants there 0600, as the provider's state checks require."""
+    state = tmp_path / "state"
+    monkeypatch.setenv(STATE_DIR_ENV, str(state))
+    umask = os.umask(0o077)
+    yield state
+    os.umask(umask)
 
 
 def new_key() -> str:
@@ -100,7 +106,7 @@ def test_counter_nonce_lock_file_is_named_by_hash_and_shared_by_instances(lock_d
 
 def test_counter_nonce_continues_after_a_value_ahead_of_the_clock(lock_dir: Path) -> None:
     key = new_key()
-    ahead = int(time.time() * 1000) + 3_600_000
+    ahead = int(time.time() * 1000) + 30_000  # within MAX_STORED_LEAD_MS
     Path(nonce_file_for(key)).write_bytes(b"%020d" % ahead)
     assert CounterNonce(key)() == ahead + 1
 
