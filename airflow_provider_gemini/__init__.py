@@ -95,7 +95,14 @@ def get_provider_info() -> dict[str, Any]:
                     "timeout": {
                         "label": "Timeout (seconds)",
                         "schema": {"type": ["number", "null"], "default": 10},
-                        "description": "Per-request timeout; each retry gets a new one.",
+                        "description": "Seconds one attempt may take for the whole answer; "
+                        "each retry gets a new one.",
+                    },
+                    "call_timeout": {
+                        "label": "Call timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 60},
+                        "description": "Seconds one request may take in all, retries and their waits "
+                        "included.",
                     },
                     "rate_limit_per_minute": {
                         "label": "Rate limit (requests a minute)",

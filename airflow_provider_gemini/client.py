@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,22 +23,36 @@ from airflow_provider_gemini.arguments import (
     parse_positive_int,
 )
 from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
-from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response, safe_to_repeat
+from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
 from airflow_provider_gemini.models import CancelAllResult, Order, Roles
+from airflow_provider_gemini.retrying import (
+    NONCE_EXTRA_ATTEMPTS,
+    retry_if_safe_to_repeat,
+    stop_after_attempts_or_nonce_grace,
+    stop_at_call_deadline,
+    wait_for_gemini,
+)
+from airflow_provider_gemini.transport import Failure, ServerClock, open_session, send
 
-__all__ = ["CancelAllResult", "ClientStats", "GeminiClient", "RateLimiter", "decode_json"]
+__all__ = [
+    "NONCE_EXTRA_ATTEMPTS",
+    "CancelAllResult",
+    "ClientStats",
+    "GeminiClient",
+    "RateLimiter",
+    "ServerClock",
+    "decode_json",
+]
 
 log = logging.getLogger(__name__)
 
 PRODUCTION_URL = "https://api.gemini.com"
 SANDBOX_URL = "https://api.sandbox.gemini.com"
 
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 8.0
-MAX_RETRY_AFTER_SECONDS = 60.0
-NONCE_RETRY_SECONDS = (0.01, 0.1)
-NONCE_EXTRA_ATTEMPTS = 5
 RATE_SAFETY_MARGIN = 0.015
+DEFAULT_CALL_TIMEOUT = 60.0
+
+Unreadable = Callable[[Mapping[str, Any], ValueError], None]
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
@@ -141,67 +154,16 @@ def _masked(api_key: str) -> str:
     return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
 
 
-def _failure(state: tenacity.RetryCallState) -> BaseException | None:
-    """The exception an attempt raised, or None when it returned."""
-    outcome = state.outcome
-    return outcome.exception() if outcome is not None and outcome.failed else None
-
-
-def retry_if_safe_to_repeat(state: tenacity.RetryCallState) -> bool:
-    """Retry a GeminiError that may succeed later on a path where a repeat cannot act twice, unless the
-    server asked for a pause longer than MAX_RETRY_AFTER_SECONDS (Airflow's retry is better then)."""
-    exc = _failure(state)
-    if not isinstance(exc, GeminiError):
-        return False
-    if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_SECONDS:
-        return False
-    return safe_to_repeat(str(state.args[0]), exc)
-
-
-class stop_after_attempts_or_nonce_grace(tenacity.stop.stop_base):
-    """Stop after `max_attempts`; a nonce collision (another process signed later but arrived first)
-    costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often."""
-
-    def __init__(self, max_attempts: int) -> None:
-        self.max_attempts = max_attempts
-
-    def __call__(self, state: tenacity.RetryCallState) -> bool:
-        exc = _failure(state)
-        limit = self.max_attempts
-        if isinstance(exc, GeminiError) and exc.kind == "invalid_nonce":
-            limit += NONCE_EXTRA_ATTEMPTS
-        return state.attempt_number >= limit
-
-
-class wait_for_gemini(tenacity.wait.wait_base):
-    """How long to wait before the next attempt: a short random pause after a nonce collision (to the
-    next second for time nonces), Retry-After plus jitter when Gemini gave one, else jittered
-    exponential backoff (BACKOFF_BASE_SECONDS doubling up to BACKOFF_CAP_SECONDS)."""
-
-    def __init__(self, nonce_mode: str, wall_clock: Clock = time.time) -> None:
-        self.nonce_mode = nonce_mode
-        self.wall_clock = wall_clock
-
-    def __call__(self, state: tenacity.RetryCallState) -> float:
-        exc = _failure(state)
-        if isinstance(exc, GeminiError):
-            if exc.kind == "invalid_nonce":
-                if self.nonce_mode == "time":
-                    return 1.0 - self.wall_clock() % 1.0 + random.uniform(*NONCE_RETRY_SECONDS)
-                return random.uniform(*NONCE_RETRY_SECONDS)
-            if exc.retry_after is not None:
-                return exc.retry_after + random.uniform(0.0, min(0.25, exc.retry_after * 0.1))
-        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-
 class GeminiClient:
     """A client for Gemini's private REST API, usable with or without Airflow.
 
     Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
     timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
-    `max_attempts` attempts in all; other errors raise at once. `sleep` and `clock` (monotonic
-    seconds) are injectable for tests; they drive the retry waits and the rate limiter.
+    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
+    answer within `timeout` seconds, and each call, retries and their waits included, ends within
+    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
+    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
+    of the exchange's clock from ours, learnt from the Date header of every answer.
     """
 
     def __init__(
@@ -213,6 +175,7 @@ class GeminiClient:
         account: str | None = None,
         nonce_mode: str = "counter",
         timeout: float = 10.0,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
         max_attempts: int = 5,
         rate_limit_per_minute: float | None = 600,
         burst: int = 5,
@@ -231,6 +194,7 @@ class GeminiClient:
         self.account = account
         self.nonce_mode = nonce_mode
         self.timeout = parse_positive(timeout, "timeout")
+        self.call_timeout = parse_positive(call_timeout, "call_timeout")
         self.max_attempts = parse_positive_int(max_attempts, "max_attempts")
         burst = parse_positive_int(burst, "burst")
         self._limiter = (
@@ -251,8 +215,10 @@ class GeminiClient:
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self.stats = ClientStats()
+        self.server_clock = ServerClock()
+        self._clock = clock
         self._retrying = tenacity.Retrying(
-            stop=stop_after_attempts_or_nonce_grace(self.max_attempts),
+            stop=stop_after_attempts_or_nonce_grace(self.max_attempts) | stop_at_call_deadline(clock),
             retry=retry_if_safe_to_repeat,
             wait=wait_for_gemini(nonce_mode),
             before_sleep=self._before_sleep,
@@ -283,44 +249,42 @@ class GeminiClient:
     def _open_session(self) -> requests.Session:
         with self._session_lock:
             if self._session is None:
-                session = requests.Session()
-                session.headers["User-Agent"] = f"airflow-provider-gemini/{__version__}"
-                # Read the proxy and CA-bundle variables once, not on every request (requests scans the
-                # whole environment per call otherwise); netrc is never wanted for signed requests.
-                settings = session.merge_environment_settings(self.base_url, {}, None, None, None)
-                session.trust_env = False
-                session.proxies.update(settings["proxies"])
-                session.verify = settings["verify"]
-                self._session = session
+                self._session = open_session(self.base_url, f"airflow-provider-gemini/{__version__}")
             return self._session
 
-    def _attempt(self, path: str, fields: Mapping[str, Any]) -> Any:
+    def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
         if self._limiter is not None:
             self._limiter.acquire()
+        seconds = min(self.timeout, deadline - self._clock())
+        if seconds <= 0.0:
+            raise self._timeout_error(path, 0.0)
         headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
         session = self._session or self._open_session()
         self.stats.count_request()
-        failure: ServiceError | None = None
-        try:
-            response = session.post(
-                self.base_url + path, headers=headers, timeout=self.timeout, allow_redirects=False
-            )
-        except requests.Timeout:
-            failure = ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout")
-        except requests.RequestException as exc:
-            message = f"{path}: connection to {self.base_url} failed ({type(exc).__name__})"
-            failure = ServiceError(message, reason="ConnectionError")
-        if failure is not None:
-            # Raised outside the except block on purpose: the requests exception holds the prepared
-            # request, signed headers included, and must not ride along as __cause__ or __context__.
-            raise failure
-        status = response.status_code
+        answer = send(session, self.base_url + path, headers, seconds)
+        if isinstance(answer, Failure):
+            # send() returns rather than raises, so no requests exception (it holds the prepared
+            # request, signed headers included) rides along as this error's __cause__ or __context__.
+            if answer.timed_out:
+                raise self._timeout_error(path, seconds)
+            message = f"{path}: connection to {self.base_url} failed ({answer.error})"
+            raise ServiceError(message, reason="ConnectionError")
+        self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
+        status = answer.status
         if not 200 <= status < 300:
-            raise error_from_response(status, response.headers, response.content)
+            raise error_from_response(status, answer.headers, answer.body)
         try:
-            return decode_json(response.content)
+            return decode_json(answer.body)
         except ValueError:
             raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+
+    def _timeout_error(self, path: str, seconds: float) -> ServiceError:
+        """The error for an attempt cut short: by its own `timeout`, or by the call's deadline."""
+        if seconds >= self.timeout:
+            return ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout")
+        return ServiceError(
+            f"{path}: no answer within the call deadline of {self.call_timeout:g} s", reason="Deadline"
+        )
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -344,7 +308,17 @@ class GeminiClient:
         return self._post(path, fields)
 
     def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
-        return self._retrying(self._attempt, path, fields)
+        return self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds the exchange's clock is ahead of this host's (negative: behind); None until an
+        answer carrying a Date header arrived."""
+        return self.server_clock.offset
+
+    def exchange_now_ms(self) -> int | None:
+        """The exchange's time now in epoch milliseconds (local time plus clock_offset), or None."""
+        return self.server_clock.now_ms()
 
     def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
         chosen = self.account if account is None else account
@@ -396,12 +370,24 @@ class GeminiClient:
             fields["include_trades"] = True
         return Order.from_status(self._post("/v1/order/status", self._with_account(fields, account)))
 
-    def active_orders(self, account: str | None = None) -> list[Order]:
-        """The account's live orders."""
+    def active_orders(
+        self, account: str | None = None, on_unreadable: Unreadable | None = None
+    ) -> list[Order]:
+        """The account's live orders. A row that does not read as an order raises ValueError, unless
+        `on_unreadable` is given: then it gets the row and the error, and the row is skipped."""
         data = self._post("/v1/orders", self._with_account({}, account))
         if not isinstance(data, list):
             raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
-        return [Order.from_status(item) for item in data]
+        orders: list[Order] = []
+        for item in data:
+            try:
+                orders.append(Order.from_status(item))
+            except (ValueError, TypeError, ArithmeticError) as err:
+                if on_unreadable is None:
+                    raise
+                problem = err if isinstance(err, ValueError) else ValueError(f"order status: {err}")
+                on_unreadable(item if isinstance(item, Mapping) else {"row": item}, problem)
+        return orders
 
     def heartbeat(self) -> dict[str, Any]:
         """Keep a Require-Heartbeat session alive (its orders are cancelled after 30 s of silence)."""

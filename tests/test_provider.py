@@ -77,6 +77,7 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
             [
                 "account",
                 "burst",
+                "call_timeout",
                 "environment",
                 "max_attempts",
                 "nonce_mode",

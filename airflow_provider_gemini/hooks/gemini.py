@@ -72,7 +72,8 @@ def _number(value: object) -> float | None:
 
 
 def _tuning(fail: Fail, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The optional extras rate_limit_per_minute ("off" disables the pacing), burst and max_attempts."""
+    """The optional extras rate_limit_per_minute ("off" disables the pacing), burst, max_attempts and
+    call_timeout (seconds a call may take, retries included)."""
     tuning: dict[str, Any] = {}
     rate = extra.get("rate_limit_per_minute")
     if isinstance(rate, str) and rate.strip().lower() == "off":
@@ -89,6 +90,11 @@ def _tuning(fail: Fail, extra: Mapping[str, Any]) -> dict[str, Any]:
         if number is None or not number.is_integer():
             raise fail(f"{name} (extra): expected an integer >= 1, got {value!r}")
         tuning[name] = int(number)
+    call_timeout = extra.get("call_timeout")
+    if not _blank(call_timeout):
+        tuning["call_timeout"] = _number(call_timeout)
+        if tuning["call_timeout"] is None:
+            raise fail(f"call_timeout (extra): expected a positive number of seconds, got {call_timeout!r}")
     return tuning
 
 
@@ -141,8 +147,9 @@ class GeminiHook(BaseHook):
 
     login is the API key, password the API secret, host an optional base URL (scheme and port), and
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
-    master keys), `nonce_mode` (counter | time), `timeout` (seconds), and optionally
-    `rate_limit_per_minute` (or "off"), `burst` and `max_attempts`.
+    master keys), `nonce_mode` (counter | time), `timeout` (seconds for each attempt's whole answer),
+    and optionally `call_timeout` (seconds for a call, retries included), `rate_limit_per_minute`
+    (or "off"), `burst` and `max_attempts`.
     """
 
     conn_name_attr = "gemini_conn_id"

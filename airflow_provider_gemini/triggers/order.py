@@ -16,10 +16,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.arguments import parse_conn_id, parse_order_ids
 from airflow_provider_gemini.report import CancelReport
-from airflow_provider_gemini.watch import OrderWatch, WatchStatus, ids_text
+from airflow_provider_gemini.watch import OrderWatch, PollResult, WatchStatus, ids_text
 
 if TYPE_CHECKING:
     from airflow_provider_gemini.client import GeminiClient
+
+LAST_LOOK_SECONDS = 1.0
+"""How long a poll started at (or just before) end_time may take before the timeout fires anyway."""
 
 
 class GeminiOrderStatusTrigger(BaseTrigger):
@@ -28,7 +31,8 @@ class GeminiOrderStatusTrigger(BaseTrigger):
     Read-only: it never sends a cancel, because a triggerer restart may run a trigger twice. Requests
     run in a worker thread (`asyncio.to_thread`), so the triggerer's event loop never blocks. It waits
     `poll_interval` seconds before each poll (the deferring task has just polled) and gives up at
-    `end_time` (epoch seconds). With `return_on_live` it fires as soon as a pending order is seen live,
+    `end_time` (epoch seconds), on time even while a poll is still waiting for the exchange (a poll
+    started within LAST_LOOK_SECONDS of end_time may take that long). With `return_on_live` it fires as soon as a pending order is seen live,
     so the worker can send the cancel a transient error kept it from sending.
 
     The single event's payload is plain JSON: {"status": "success" | "error" | "timeout" |
@@ -137,6 +141,7 @@ class GeminiOrderStatusTrigger(BaseTrigger):
             len(watch.pending()),
             self.poll_interval,
         )
+        poll: asyncio.Task[PollResult] | None = None
         try:
             while True:
                 now = time.time()
@@ -149,7 +154,26 @@ class GeminiOrderStatusTrigger(BaseTrigger):
                     else min(self.poll_interval, self.end_time - now)
                 )
                 await asyncio.sleep(wait)
-                result = await asyncio.to_thread(watch.poll, client, request_cancel=False, log=self.log)
+                before = watch.to_state()
+                poll = asyncio.ensure_future(
+                    asyncio.to_thread(watch.poll, client, request_cancel=False, log=self.log)
+                )
+                # A poll started at end_time (the sleep above ends there) still gets a last look.
+                remaining = (
+                    None if self.end_time is None else max(LAST_LOOK_SECONDS, self.end_time - time.time())
+                )
+                # asyncio.wait, not wait_for: a thread cannot be cancelled, so at end_time the poll is
+                # left to finish on its own (within the client's call deadline) while the event fires.
+                await asyncio.wait({poll}, timeout=remaining)
+                if not poll.done():
+                    # The poll thread still writes to `watch`; the event is built from its state before.
+                    stale = OrderWatch.from_state(
+                        self.order_ids, accept_filled=self.accept_filled, account=self.account, state=before
+                    )
+                    self.log.warning("A poll was still waiting for the exchange at end_time")
+                    yield self._event(stale, WatchStatus.TIMEOUT, self._timeout_message(stale))
+                    return
+                result, poll = poll.result(), None
                 if result.fatal:
                     yield self._event(watch, WatchStatus.ERROR, result.fatal)
                     return
@@ -163,4 +187,19 @@ class GeminiOrderStatusTrigger(BaseTrigger):
                 if result.transient:
                     self.log.warning("Exchange not answering (%s); polling again", result.transient)
         finally:
-            client.close()
+            _close_when_idle(client, poll)
+
+
+def _close_when_idle(client: GeminiClient, poll: asyncio.Task[PollResult] | None) -> None:
+    """Close the client now, or once a poll still running in its thread has ended (closing under it
+    would only make its next request open a new session that nothing closes)."""
+    if poll is None or poll.done():
+        client.close()
+        return
+
+    def close(task: asyncio.Task[PollResult]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        client.close()
+
+    poll.add_done_callback(close)
