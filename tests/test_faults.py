@@ -33,10 +33,9 @@ CANCEL = "/v1/order/cancel"
 HOUR_MS = 3_600_000
 TARGETED = 200
 FAULT_RATE = 0.3
-# With this seed two cancels fail all five attempts in the first try: one whose last attempt was a
-# plain-text 500 (still live: the second try cancels it) and one whose last attempt was processed
-# before the connection dropped (cancelled: the second try does not list it). The pattern follows the
-# sequence of requests, so a change in what the operator sends may call for another seed.
+# With this seed two cancels fail all five attempts in the first pass, so the run needs a later pass
+# inside the same try. The pattern follows the sequence of requests, so a change in what the operator
+# sends may call for another seed.
 FAULT_SEED = 40
 FAULT_KINDS = ("rate_limit", "maintenance", "server_error_text", "drop", "drop_after", "delay")
 CLIENT_TIMEOUT = 0.5
@@ -186,10 +185,12 @@ def check_sweep(
         assert report["not_found"] == [] and report["filled"] == [] and report["dry_run"] == [], figures
         seen_cancelled |= set(report["cancelled"])
         # The stats count every attempt the exchange received, and a retry for every failed attempt
-        # except the last attempt of each request that failed for good.
+        # except the last attempt of each call that gave up: a request that failed for good, or one
+        # whose order was requeued for a later pass.
         stats = report["stats"]
         failed_attempts = sum(map(client_failure, t["journal"]))
         gave_up = sum(1 for f in report["failed"] if not f["message"].startswith("not attempted"))
+        gave_up += int(stats.get("requeued", 0))
         assert stats["requests"] == len(t["journal"]), figures
         assert stats["retries"] == failed_attempts + slow_successes(t["journal"]) - gave_up, figures
     assert tries[0]["report"]["stats"]["retries"] > 0, figures
@@ -281,8 +282,11 @@ def check_faults(scenario: Scenario) -> str:
     assert kinds == set(FAULT_KINDS), f"not every fault kind was met: {kinds} ({figures})"
     # The queued 429 without Retry-After, and the seeded ones with it.
     assert sum(1 for e in journal if e.fault == "rate_limit") >= 2, figures
-    retried = len(tries) == 2 and tries[1]["report"]["cancelled"]
-    assert retried, f"FAULT_SEED no longer leaves a live order to the second try; pick another ({figures})"
+    # One try is enough: the orders that failed all their attempts were requeued for a later pass.
+    assert len(tries) == 1, f"the sweep needed Airflow retries ({figures})"
+    stats = tries[0]["report"]["stats"]
+    requeued = stats["passes"] >= 2 and stats["requeued"] >= 1
+    assert requeued, f"FAULT_SEED no longer needs a second pass; pick another ({stats}, {figures})"
     return figures
 
 

@@ -14,6 +14,8 @@ from airflow_provider_gemini.operators.cancel import (
 with DAG(
     dag_id="gemini_operator_params",
     schedule=None,
+    # Null params must reach the operators as None: the text "None" is refused for safety settings.
+    render_template_as_native_obj=True,
     params={
         "order_ids": Param([], type="array"),
         "dry_run": Param(False, type="boolean"),
