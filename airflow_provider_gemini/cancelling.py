@@ -1,16 +1,17 @@
 """One cancel run: list, cancel, classify each answer into the report, retry what failed transiently in
 later passes until the run's deadline, and stop early only on key-level errors or termination.
 
-No Airflow here: the operators build a CancelRun from their arguments, call one of `cancel_ids`,
-`cancel_everything` or `cancel_stale`, and turn the run's verdict into a task outcome. Every answered
+No Airflow here: the operators build a CancelRun from their arguments, call `cancel_ids`,
+`cancel_everything` or `stale.cancel_stale`, and turn the run's verdict into a task outcome. Every answered
 cancel is logged the moment it arrives, so a task killed part-way leaves a record of what it did.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_gemini.exceptions import GeminiError
@@ -27,6 +28,22 @@ DEFAULT_DEADLINE_SECONDS = 300.0
 `execution_timeout` says: long enough to ride out a maintenance window, short of a typical close."""
 PASS_BACKOFF_SECONDS = (1.0, 30.0)
 """The pause before the second pass, doubling per pass up to the cap, never past the deadline."""
+
+
+def deadline_at(value: datetime | timedelta | None, execution_timeout: timedelta | None) -> float:
+    """The run's deadline as a time.monotonic() value: `value`, else 80% of `execution_timeout` (the rest
+    leaves time to publish the report), else DEFAULT_DEADLINE_SECONDS from now."""
+    if isinstance(value, datetime):
+        seconds = (value - datetime.now(UTC)).total_seconds()
+        if seconds <= 0:
+            raise ValueError(f"deadline: {value.isoformat()} has already passed")
+    elif isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif execution_timeout is not None:
+        seconds = 0.8 * execution_timeout.total_seconds()
+    else:
+        seconds = DEFAULT_DEADLINE_SECONDS
+    return time.monotonic() + seconds
 
 
 @dataclass
@@ -50,6 +67,7 @@ class CancelRun:
     terminated: str | None = None
     extra_stats: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    unreadable: list[str] = field(default_factory=list)
     _transient: dict[str | None, str] = field(default_factory=dict)
     _before: tuple[int, int] = (0, 0)
 
@@ -69,6 +87,10 @@ class CancelRun:
     def terminate(self, why: str) -> None:
         """Ask the run to stop before its next request (called from a signal handler: no I/O here)."""
         self.terminated = why
+
+    def refuse(self, why: str) -> None:
+        """Fail the run transiently for a reason of its own (not an order's): Airflow may retry it."""
+        self._transient[None] = why
 
     def time_left(self) -> float | None:
         """Seconds until the deadline (negative once past it), or None without one."""
@@ -118,10 +140,17 @@ class CancelRun:
             if self.stop is None:
                 self._transient[str(order_id)] = f"order {order_id}: not attempted ({why})"
 
+    def unreadable_row(self, row: Mapping[str, Any], error: ValueError) -> None:
+        """Skip a listing row that does not read as an order, with a warning naming it."""
+        order_id = str(row.get("order_id", "?"))
+        self.unreadable.append(order_id)
+        self.extra_stats["unreadable"] = list(self.unreadable)
+        self.log.warning("Skipping a /v1/orders row that does not read as an order (%s): %s", order_id, error)
+
     def list_live(self, what: str = LISTING) -> list[Order] | None:
-        """The account's live orders, or None after filing the error."""
+        """The account's live orders (unreadable rows skipped and logged), or None after filing the error."""
         try:
-            orders = self.client.active_orders(account=self.account)
+            orders = self.client.active_orders(account=self.account, on_unreadable=self.unreadable_row)
         except GeminiError as error:
             self.error(None, error, what)
             return None
@@ -257,7 +286,8 @@ def cancel_ids(run: CancelRun, order_ids: list[int], dry_run: bool) -> None:
     """
     try:
         live: dict[str, Order] | None = {
-            order.order_id: order for order in run.client.active_orders(account=run.account)
+            order.order_id: order
+            for order in run.client.active_orders(account=run.account, on_unreadable=run.unreadable_row)
         }
     except GeminiError as error:
         if not error.retryable:
@@ -279,7 +309,9 @@ def cancel_ids(run: CancelRun, order_ids: list[int], dry_run: bool) -> None:
             return True
         if dry_run:
             return run.inspect(order_id)
-        return run.cancel(order_id, was_live=None if live is None else listed is not None)
+        # An id whose row could not be read is of unknown state: its answer says cancelled, no more.
+        unknown = live is None or str(order_id) in run.unreadable
+        return run.cancel(order_id, was_live=None if unknown else listed is not None)
 
     run.in_passes(order_ids, attempt, lambda order_id: order_id)
 
@@ -377,64 +409,3 @@ def _reconcile(
         len(reconciled),
         ", ".join(reconciled[:20]) + (" ..." if len(reconciled) > 20 else ""),
     )
-
-
-@dataclass(frozen=True)
-class StaleFilter:
-    """Which live orders a stale sweep cancels: older than `max_age` seconds and matching every filter."""
-
-    max_age: float
-    symbols: tuple[str, ...] | None = None
-    side: str | None = None
-    client_order_id_prefix: str | None = None
-
-    def select(self, orders: Sequence[Order], cutoff_ms: int) -> list[Order]:
-        """The matching orders placed before `cutoff_ms`, oldest first; undated orders never match."""
-        prefix = self.client_order_id_prefix
-        return sorted(
-            (
-                order
-                for order in orders
-                if 0 < order.timestampms < cutoff_ms
-                and (self.symbols is None or order.symbol.lower() in self.symbols)
-                and (self.side is None or order.side.lower() == self.side)
-                and (prefix is None or (order.client_order_id or "").startswith(prefix))
-            ),
-            key=lambda order: (order.timestampms, int(order.order_id)),
-        )
-
-
-def cancel_stale(run: CancelRun, stale: StaleFilter, dry_run: bool, cap: int | None) -> None:
-    """List once, cancel the matching orders oldest first (never cancel/all); refuse all over the cap."""
-    cutoff_ms = int(time.time() * 1000) - round(stale.max_age * 1000)
-    orders = run.list_live()
-    if orders is None:
-        return
-    undated = [order.order_id for order in orders if order.timestampms <= 0]
-    if undated:
-        run.log.warning("Skipping %d live order(s) without a timestamp: %s", len(undated), undated)
-    matched = stale.select(orders, cutoff_ms)
-    run.extra_stats["matched"] = len(matched)
-    run.log.info(
-        "%d of %d live orders placed before %s ms (max_age %ss) match symbols=%s side=%s prefix=%s",
-        len(matched),
-        len(orders),
-        cutoff_ms,
-        stale.max_age,
-        stale.symbols,
-        stale.side,
-        stale.client_order_id_prefix,
-    )
-    if cap is not None and len(matched) > cap:
-        for order in matched:
-            run.report.record(order, "dry_run")
-        run.fatal.append(
-            f"max_cancellations: {len(matched)} orders matched, more than the cap of {cap}; "
-            "nothing was cancelled"
-        )
-        return
-    if dry_run:
-        for order in matched:
-            run.report.record(order, "dry_run")
-        return
-    run.in_passes(matched, lambda order: run.cancel(int(order.order_id), was_live=True), lambda order: order)

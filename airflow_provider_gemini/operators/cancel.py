@@ -8,9 +8,8 @@ failure part-way never hides what was cancelled.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -32,6 +31,7 @@ from airflow_provider_gemini.arguments import (
     parse_symbols,
     unrendered,
 )
+from airflow_provider_gemini.stale import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 
 if TYPE_CHECKING:
     import jinja2
@@ -91,23 +91,6 @@ class _GeminiCancelBase(BaseOperator):
         super().render_template_fields(context, jinja_env)
         self._checked()
 
-    def _deadline(self, value: datetime | timedelta | None) -> float:
-        """The run's deadline as a time.monotonic() value: `deadline`, else 80% of execution_timeout
-        (the rest leaves time to publish the report), else DEFAULT_DEADLINE_SECONDS."""
-        from airflow_provider_gemini.cancelling import DEFAULT_DEADLINE_SECONDS
-
-        if isinstance(value, datetime):
-            seconds = (value - datetime.now(UTC)).total_seconds()
-            if seconds <= 0:
-                raise AirflowFailException(f"deadline: {value.isoformat()} has already passed")
-        elif isinstance(value, timedelta):
-            seconds = value.total_seconds()
-        elif self.execution_timeout is not None:
-            seconds = 0.8 * self.execution_timeout.total_seconds()
-        else:
-            seconds = DEFAULT_DEADLINE_SECONDS
-        return time.monotonic() + seconds
-
     def on_kill(self) -> None:
         """SIGTERM: stop before the next request; execute then pushes the partial report and fails."""
         if self._active_run is not None:
@@ -116,10 +99,13 @@ class _GeminiCancelBase(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         # Checked again here: Airflow renders mapped tasks without calling render_template_fields.
         arguments = self._checked()
-        from airflow_provider_gemini.cancelling import CancelRun
+        from airflow_provider_gemini.cancelling import CancelRun, deadline_at
         from airflow_provider_gemini.hooks.gemini import GeminiHook
 
-        deadline = self._deadline(arguments.get("deadline"))
+        try:
+            deadline = deadline_at(arguments.get("deadline"), self.execution_timeout)
+        except ValueError as error:
+            raise AirflowFailException(str(error)) from error
 
         try:
             client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
@@ -274,6 +260,10 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
     order that vanished between the listing and its cancel lands in `not_found` without failing the
     task unless `fail_on_not_found`. Orders that failed transiently are tried again in later passes
     until `deadline` (as for GeminiCancelOrderOperator); only key-level errors end the run early.
+
+    Ages are measured on the exchange's clock (the listing's Date header); when the worker's clock is
+    more than `max_clock_skew` (seconds or a timedelta, default 5 s) away from it, nothing is
+    cancelled and the task fails, naming both clocks.
     """
 
     template_fields: Sequence[str] = (
@@ -295,6 +285,7 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         "max_cancellations": parse_cap,
         "account": parse_account,
         "deadline": parse_deadline,
+        "max_clock_skew": parse_seconds,
     }
 
     def __init__(
@@ -310,10 +301,12 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         gemini_conn_id: str = DEFAULT_CONN_ID,
         account: str | None = None,
         deadline: datetime | timedelta | float | str | None = None,
+        max_clock_skew: timedelta | float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(gemini_conn_id=gemini_conn_id, account=account, dry_run=dry_run, **kwargs)
         self.deadline = deadline
+        self.max_clock_skew = max_clock_skew
         self.max_age = max_age
         self.symbols = symbols
         self.side = side
@@ -323,7 +316,7 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
         self._arguments(literal_only=True)
 
     def _run(self, run: CancelRun, arguments: dict[str, Any]) -> None:
-        from airflow_provider_gemini.cancelling import StaleFilter, cancel_stale
+        from airflow_provider_gemini.stale import StaleFilter, cancel_stale
 
         stale = StaleFilter(
             max_age=arguments["max_age"],
@@ -331,4 +324,6 @@ class GeminiCancelStaleOrdersOperator(_GeminiCancelBase):
             side=arguments["side"],
             client_order_id_prefix=arguments["client_order_id_prefix"],
         )
-        cancel_stale(run, stale, arguments["dry_run"], arguments["max_cancellations"])
+        cancel_stale(
+            run, stale, arguments["dry_run"], arguments["max_cancellations"], arguments["max_clock_skew"]
+        )
