@@ -22,6 +22,10 @@ MAX_ORDER_ID = 2**63 - 1
 SCOPES = ("session", "all")
 SIDES = ("buy", "sell")
 
+DEFAULT_MAX_CLOCK_SKEW_SECONDS = 5.0
+"""How far the worker's clock may be from the exchange's before a stale sweep refuses to run: well
+above what a Date header (whole seconds) and a round trip can blur, well below a typical `max_age`."""
+
 Parser = Callable[[Any, str], Any]
 """An argument check: (value, field name) -> the parsed value, or ValueError naming the field."""
 

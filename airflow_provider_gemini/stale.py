@@ -13,12 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from airflow_provider_gemini.arguments import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 from airflow_provider_gemini.cancelling import CancelRun
 from airflow_provider_gemini.models import Order
-
-DEFAULT_MAX_CLOCK_SKEW_SECONDS = 5.0
-"""How far the worker's clock may be from the exchange's before a sweep refuses to run: well above
-what a Date header (whole seconds) and a round trip can blur, well below a typical `max_age`."""
 
 
 @dataclass(frozen=True)

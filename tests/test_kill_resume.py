@@ -10,6 +10,7 @@ up in its report at all, and certainly not as failures.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -134,3 +135,32 @@ def test_sweep_killed_part_way_then_rerun_cancels_everything(
     second_cancels = {str(e.payload["order_id"]) for e in ex.journal[first_requests:] if e.path == CANCEL}
     assert second_cancels == targeted - done_first, f"the second run re-sent cancels; {figures}"
     print(figures)
+
+
+def test_a_sweep_cut_off_by_execution_timeout_leaves_its_report_and_a_line_per_cancel(
+    tmp_path: Path, gemini_exchange: GeminiExchange
+) -> None:
+    """Airflow's own timeout (AirflowTaskTimeout, a BaseException) mid-sweep, in a real `airflow dags
+    test`: the task fails, the partial report is in XCom, and the log has a line for every cancel the
+    report names; the exchange shows nothing cancelled that the record does not (but for a request
+    in flight at the timeout, whose answer never came)."""
+    ex = gemini_exchange
+    assert ex.api_key is not None
+    now = int(time.time() * 1000)
+    targeted = {
+        str(ex.place_order(ex.api_key, "btcusd", timestampms=now - 2 * HOUR_MS - i)["order_id"])
+        for i in range(TARGETED)
+    }
+    env = airflow_env(tmp_path / "home", DAGS, {"AIRFLOW_CONN_GEMINI_DEFAULT": ex.airflow_connection()})
+    result = run_dags_test(DAGS, "reliability_timeout", env=env, timeout=200)
+    output = result.stdout + result.stderr
+    assert task_states(env["AIRFLOW_HOME"], "reliability_timeout") == {TASK_ID: "failed"}, output[-3000:]
+    assert "AirflowTaskTimeout" in output, output[-3000:]
+    report = read_xcom(env["AIRFLOW_HOME"], "reliability_timeout", TASK_ID)
+    on_exchange = cancelled_on_exchange(ex, targeted)
+    recorded = set(report["cancelled"])
+    assert 0 < len(recorded) < TARGETED, f"the timeout did not land mid-sweep: {len(recorded)} cancelled"
+    assert recorded <= on_exchange and len(on_exchange - recorded) <= 1, (len(recorded), len(on_exchange))
+    logged = set(re.findall(r"Order (\d+): cancelled \(", output))
+    assert logged == recorded
+    print(f"timed out with {len(recorded)} of {TARGETED} cancelled, {len(on_exchange)} on the exchange")

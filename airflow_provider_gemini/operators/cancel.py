@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.arguments import (
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS,
     Parser,
     parse_account,
     parse_bool,
@@ -31,7 +32,6 @@ from airflow_provider_gemini.arguments import (
     parse_symbols,
     unrendered,
 )
-from airflow_provider_gemini.stale import DEFAULT_MAX_CLOCK_SKEW_SECONDS
 
 if TYPE_CHECKING:
     import jinja2

@@ -1,6 +1,9 @@
-"""A DAG for tests/test_kill_resume.py: one stale sweep, killed part-way by the test and run again."""
+"""DAGs for the kill tests: one stale sweep, killed part-way by the test (SIGKILL) or by its own
+execution_timeout, and run again."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from airflow.sdk import DAG
 
@@ -13,4 +16,17 @@ with DAG(dag_id="reliability_kill_resume", schedule=None, catchup=False):
         symbols=["btcusd"],
         max_cancellations=1000,
         retries=0,
+    )
+
+# The same sweep cut off by Airflow's own execution_timeout, with a deadline well past it, so the
+# timeout (an AirflowTaskTimeout, a BaseException) lands mid-sweep rather than the run stopping itself.
+with DAG(dag_id="reliability_timeout", schedule=None, catchup=False):
+    GeminiCancelStaleOrdersOperator(
+        task_id="cancel_stale_orders",
+        max_age=3600,
+        symbols=["btcusd"],
+        max_cancellations=1000,
+        retries=0,
+        execution_timeout=timedelta(seconds=8),
+        deadline=timedelta(minutes=5),
     )
