@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PKG := airflow_provider_gemini
 LINTED := $(PKG) $(wildcard tests dags bench scripts)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test unit lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/pytest -n 3
+
+# The fast tier alone (in-process, no Airflow subprocesses): seconds, for the edit-test loop.
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -q tests/unit
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/per_cancel.py

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from helpers import scrubbed_env
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DEFAULT_TIMEOUT = 300.0
 _MIGRATED_MARKER = ".migrated-by-tests"
@@ -32,8 +34,7 @@ def airflow_env(
 ) -> dict[str, str]:
     """This process's environment minus every AIRFLOW_* variable, plus a private home and DAG folder."""
     Path(airflow_home).mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_")}
-    env.update(
+    env = scrubbed_env(
         AIRFLOW_HOME=str(airflow_home),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder),

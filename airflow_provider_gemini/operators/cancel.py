@@ -104,12 +104,8 @@ class _GeminiCancelBase(BaseOperator):
 
         try:
             deadline = deadline_at(arguments.get("deadline"), self.execution_timeout)
-        except ValueError as error:
-            raise AirflowFailException(str(error)) from error
-
-        try:
             client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
-        except ValueError as error:  # the connection's fields cannot make a client: retrying won't help
+        except ValueError as error:  # a past deadline, or a connection that cannot make a client
             raise AirflowFailException(str(error)) from error
         with client:
             run = CancelRun(

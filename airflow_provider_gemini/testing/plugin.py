@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from airflow_provider_gemini import DEFAULT_CONN_ID
+
 if TYPE_CHECKING:
     from airflow_provider_gemini.testing.exchange import GeminiExchange
 
-CONN_ID = "gemini_default"
+CONN_ID = DEFAULT_CONN_ID
 
 
 @dataclass(frozen=True)

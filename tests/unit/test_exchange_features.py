@@ -10,13 +10,9 @@ import hashlib
 import hmac
 import itertools
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,28 +203,6 @@ def test_clock_offset_moves_dates_new_orders_and_the_time_nonce_window(
     assert abs(date_of(moved) - (time.time() - 120)) < 5
     with pytest.raises(ValueError, match="clock_offset"):
         exchange.set_clock_offset(float("nan"))
-
-
-def test_cli_clock_offset_flag(tmp_path: Path) -> None:
-    ready = tmp_path / "ready"
-    cmd = [sys.executable, "-m", "airflow_provider_gemini.testing.exchange", "--port", "0"]
-    cmd += ["--ready-file", str(ready), "--clock-offset", "600"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the exchange did not write its ready file"
-            time.sleep(0.02)
-        url = ready.read_text().strip()
-        response = requests.get(url + "/_admin/health", timeout=10)
-        assert abs(date_of(response) - (time.time() + 600)) < 5
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # ---- odd rows in the listing -----------------------------------------------------------------------

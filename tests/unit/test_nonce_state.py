@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import os
 import time
 import uuid
@@ -211,38 +210,6 @@ def test_a_stored_nonce_a_little_ahead_of_the_clock_is_continued(private: Path) 
 def test_counter_nonce_takes_its_clock_from_the_argument(private: Path) -> None:
     source = CounterNonce(new_key(), clock=lambda: 1_700_000_000.5, directory=private)
     assert [source(), source(), source()] == [1_700_000_000_500, 1_700_000_000_501, 1_700_000_000_502]
-
-
-def _draw(
-    key: str,
-    directory: str,
-    inherited: CounterNonce | None,
-    count: int,
-    out: multiprocessing.Queue[list[int]],
-) -> None:
-    source = inherited if inherited is not None else CounterNonce(key, directory=directory)
-    out.put([source() for _ in range(count)])
-
-
-def test_forked_processes_on_one_key_never_draw_the_same_nonce(private: Path) -> None:
-    """Children that inherit an open source, and children that open their own, share one sequence."""
-    key = new_key()
-    parent = CounterNonce(key, directory=private)
-    first = parent()
-    ctx = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[list[int]] = ctx.Queue()
-    inherited = [parent, parent, parent, None, None, None]
-    procs = [ctx.Process(target=_draw, args=(key, str(private), s, 400, queue)) for s in inherited]
-    for proc in procs:
-        proc.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    flat = [first, *(value for out in results for value in out), parent()]
-    assert len(set(flat)) == len(flat) == 2 + 6 * 400
-    assert all(out == sorted(out) for out in results)
-    assert flat[-1] == max(flat)
 
 
 def test_a_signed_request_goes_end_to_end_with_private_state(

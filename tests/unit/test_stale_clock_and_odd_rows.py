@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk.bases.operator import ExecutorSafeguard
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from helpers import RecordingTI
 
@@ -18,18 +17,10 @@ from airflow_provider_gemini.operators.cancel import (
 )
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
+pytestmark = pytest.mark.usefixtures("as_the_task_runner")
+
 MINUTE_MS = 60_000
 ODD_ROW = {"order_id": "424242", "timestampms": "1.7e12", "symbol": "btcusd"}
-
-
-@pytest.fixture(autouse=True)
-def _as_the_task_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ExecutorSafeguard, "test_mode", True)
-
-
-@pytest.fixture
-def exchange(gemini_exchange: GeminiExchange, gemini_connection: str) -> GeminiExchange:
-    return gemini_exchange
 
 
 def place_aged(exchange: GeminiExchange, minutes_old: float) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from helpers import RecordingTI
 
 from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
 from airflow_provider_gemini.testing.exchange import GeminiExchange, JournalEntry
@@ -43,16 +44,6 @@ SLOW_ANSWER = 1.0
 RETRY_AFTER = 0.2
 TRIES = 3  # one try plus the example DAGs' retries=2
 RETRYABLE_KINDS = {"rate_limited", "service_error", "invalid_nonce"}
-
-
-class RecordingTI:
-    """The part of a task instance the operators use: xcom_push, kept as JSON."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = json.loads(json.dumps(value))
 
 
 def place_book(exchange: GeminiExchange) -> tuple[set[str], set[str]]:

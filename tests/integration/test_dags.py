@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 from airflow_run import airflow_env, migrate, read_xcom, run_dags_test, task_states
+from helpers import REPO_ROOT
 
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS = REPO_ROOT / "dags"
 DEMO = REPO_ROOT / "scripts" / "demo.py"
 DAG_IDS = ("gemini_cancel_order", "gemini_cancel_stale_orders", "gemini_end_of_session")

@@ -7,16 +7,14 @@ pytest-timeout catches a hang; no assertion is made on elapsed time.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from helpers import RecordingTI
+from loopback_servers import HungServer
 
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.exceptions import ServiceError
@@ -24,49 +22,6 @@ from airflow_provider_gemini.operators.cancel import GeminiCancelOrderOperator
 
 API_KEY = "account-reliability-timeouts"
 API_SECRET = "timeouts-secret-91c4"
-
-
-class HungServer:
-    """A TCP server on 127.0.0.1 that accepts every connection, reads nothing and never answers."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self._held: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="hung-server", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def accepted(self) -> int:
-        with self._lock:
-            return len(self._held)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self._held.append(conn)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-        with self._lock:
-            for conn in self._held:
-                with contextlib.suppress(OSError):
-                    conn.close()
 
 
 @pytest.fixture
@@ -98,14 +53,6 @@ def test_cancel_against_a_hung_exchange_times_out_after_every_attempt(
     assert hung_server.accepted == max_attempts
     assert client.stats.requests == max_attempts
     assert client.stats.retries_by_kind == ({"service_error": max_attempts - 1} if max_attempts > 1 else {})
-
-
-class RecordingTI:
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
 import itertools
@@ -84,3 +85,29 @@ def test_custom_key_no_rate_limit_and_sigterm(start_cli: Start) -> None:
     assert requests.get(url + "/_admin/orders", timeout=10).json() == []
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=2) == 0
+
+
+def date_of(response: requests.Response) -> float:
+    return email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+
+
+def test_cli_clock_offset_flag(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    cmd = [sys.executable, "-m", "airflow_provider_gemini.testing.exchange", "--port", "0"]
+    cmd += ["--ready-file", str(ready), "--clock-offset", "600"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the exchange did not write its ready file"
+            time.sleep(0.02)
+        url = ready.read_text().strip()
+        response = requests.get(url + "/_admin/health", timeout=10)
+        assert abs(date_of(response) - (time.time() + 600)) < 5
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

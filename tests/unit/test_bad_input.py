@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from helpers import RecordingTI
 
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.operators.cancel import (
@@ -29,14 +30,6 @@ from airflow_provider_gemini.testing.exchange import GeminiExchange
 
 EXPECTED_ID = "expected an order id"
 ID_RANGE = "between 1 and 2**63-1"
-
-
-class RecordingTI:
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
 
 
 def cancel_ids(value: Any) -> GeminiCancelOrderOperator:

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import requests
 from airflow_run import airflow_env, run_dags_test, task_states
+from helpers import REPO_ROOT
 
 from airflow_provider_gemini.auth import build_private_headers
 from airflow_provider_gemini.client import GeminiClient
@@ -41,7 +42,7 @@ CANARY_KEY = "account-KEYcanary-3b8e1d"
 CANARY_SECRET = "SECRET-canary-7f3a9c"
 PAYLOAD_PREFIX = base64.b64encode(b'{"request').decode()[:12]  # "eyJyZXF1ZXN0": every payload header
 CANCEL = "/v1/order/cancel"
-EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "dags"
+EXAMPLE_DAGS = REPO_ROOT / "dags"
 TEST_DAGS = Path(__file__).with_name("dags")
 HOUR_MS = 3_600_000
 # Airflow's own supervisor line under `airflow dags test` at DEBUG, the one place the connection's

@@ -13,8 +13,8 @@ from pathlib import Path
 from subprocess import PIPE
 
 import pytest
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "bench"
 
 SCRIPTS = {

@@ -13,16 +13,16 @@ import hashlib
 import hmac
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import SHARED
 
 from airflow_provider_gemini.auth import build_private_headers
 from airflow_provider_gemini.client import decode_json
 from airflow_provider_gemini.exceptions import error_from_response
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "gemini-conformance"
+FIXTURES = SHARED / "gemini-conformance"
 RUN_SUITES = ("http/hmac-requests", "http/errors", "json")
 SKIPPED = {
     "http/hmac-requests/websocket-upgrade-nonce": "a websocket handshake nonce; this provider calls REST only"

@@ -25,6 +25,7 @@ from airflow.sdk.exceptions import (
     TaskDeferred,
 )
 from airflow_run import airflow_env, read_xcom, run_dags_test, task_states
+from helpers import REPORT_KEYS, RecordingTI
 
 from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
 from airflow_provider_gemini.testing.exchange import GeminiExchange
@@ -32,29 +33,7 @@ from airflow_provider_gemini.triggers.order import GeminiOrderStatusTrigger
 
 STATUS, ORDERS, CANCEL = "/v1/order/status", "/v1/orders", "/v1/order/cancel"
 DAGS = Path(__file__).with_name("dags")
-REPORT_KEYS = {
-    "cancelled",
-    "already_cancelled",
-    "filled",
-    "not_found",
-    "dry_run",
-    "failed",
-    "orders",
-    "stats",
-}
 UNKNOWN_ID = 4242
-
-
-class RecordingTI:
-    """The part of a task instance the sensor uses: xcom_push (checked to be plain JSON), try_number."""
-
-    try_number = 1
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = json.loads(json.dumps(value))
 
 
 def context() -> dict[str, Any]:
@@ -66,12 +45,6 @@ def sensor(**kwargs: Any) -> GeminiOrderCancelledSensor:
     kwargs.setdefault("poke_interval", 0.1)
     kwargs.setdefault("timeout", 60)
     return GeminiOrderCancelledSensor(**kwargs)
-
-
-@pytest.fixture
-def exchange(gemini_exchange: GeminiExchange, gemini_connection: str) -> GeminiExchange:
-    """The fixture exchange with `gemini_default` pointing at it."""
-    return gemini_exchange
 
 
 def place(exchange: GeminiExchange, count: int = 1, **fields: Any) -> list[str]:

@@ -18,8 +18,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from airflow.sdk.bases.operator import ExecutorSafeguard
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from helpers import REPORT_KEYS, RecordingTI
 
 from airflow_provider_gemini.models import Order
 from airflow_provider_gemini.operators.cancel import (
@@ -30,28 +30,10 @@ from airflow_provider_gemini.operators.cancel import (
 from airflow_provider_gemini.report import CancelReport
 from airflow_provider_gemini.testing.exchange import GeminiExchange, JournalEntry
 
+pytestmark = pytest.mark.usefixtures("as_the_task_runner")
+
 CANCEL = "/v1/order/cancel"
 HOUR_MS = 3_600_000
-REPORT_KEYS = {
-    "cancelled",
-    "already_cancelled",
-    "filled",
-    "not_found",
-    "dry_run",
-    "failed",
-    "orders",
-    "stats",
-}
-
-
-class RecordingTI:
-    """The part of a task instance the operators use: xcom_push, checked to be plain JSON."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = json.loads(json.dumps(value))
 
 
 class Outcome:
@@ -72,18 +54,6 @@ class Outcome:
         report = self.result if self.result is not None else self.ti.pushed["return_value"]
         assert set(report) == REPORT_KEYS
         return report
-
-
-@pytest.fixture(autouse=True)
-def _as_the_task_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests call execute() directly; tell Airflow's safeguard so it does not warn about it."""
-    monkeypatch.setattr(ExecutorSafeguard, "test_mode", True)
-
-
-@pytest.fixture
-def exchange(gemini_exchange: GeminiExchange, gemini_connection: str) -> GeminiExchange:
-    """The fixture exchange with `gemini_default` pointing at it."""
-    return gemini_exchange
 
 
 def place(exchange: GeminiExchange, **fields: Any) -> str:
@@ -718,3 +688,13 @@ def test_report_table_is_fixed_width() -> None:
     assert lines[3].startswith("7                 failed")
     assert lines[3].endswith("invalid_request/CancelRejected: rejected")
     assert lines[2].index("mm-1") == lines[0].index("client_order_id")
+
+
+def test_client_module_imports_no_airflow() -> None:
+    code = (
+        "import sys, airflow_provider_gemini.client; "
+        "bad = [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]; "
+        "sys.exit(str(bad) if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -20,11 +20,6 @@ STATUS, ORDERS, CANCEL = "/v1/order/status", "/v1/orders", "/v1/order/cancel"
 BIG_ID = "9223372036854775807"
 
 
-@pytest.fixture
-def exchange(gemini_exchange: GeminiExchange, gemini_connection: str) -> GeminiExchange:
-    return gemini_exchange
-
-
 def place(exchange: GeminiExchange, count: int = 1) -> list[str]:
     return [str(exchange.place_order(exchange.api_key)["order_id"]) for _ in range(count)]
 

@@ -14,15 +14,20 @@ GeminiClient and prints what happened as JSON.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from airflow_provider_gemini.auth import CounterNonce
+from airflow_provider_gemini.state import STATE_DIR_ENV
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
 PROCESSES = 8
@@ -133,3 +138,80 @@ def test_eight_processes_one_counter_key_every_cancel_succeeds(
 
 if __name__ == "__main__":
     print(json.dumps(_worker(json.loads(sys.argv[1]), Path(sys.argv[2]))), flush=True)
+
+
+# ---- counter nonces across forked processes (moved here from the unit tier: they fork) -------------
+
+
+def new_key() -> str:
+    return f"account-fork-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The nonce state of a test in a private dir of its own."""
+    state = tmp_path / "state"
+    monkeypatch.setenv(STATE_DIR_ENV, str(state))
+    umask = os.umask(0o077)
+    yield state
+    os.umask(umask)
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Path:
+    """A state directory of the test's own, not yet created (the provider creates it 0700)."""
+    return tmp_path / "state"
+
+
+def _draw_from_inherited(source: CounterNonce, count: int, queue: multiprocessing.Queue[list[int]]) -> None:
+    queue.put([source() for _ in range(count)])
+
+
+def test_counter_nonce_is_unique_across_forked_processes(lock_dir: Path) -> None:
+    """A source made before fork must not share its flock with the children (that would not exclude)."""
+    source = CounterNonce(new_key())
+    source()
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[list[int]] = ctx.Queue()
+    procs = [ctx.Process(target=_draw_from_inherited, args=(source, 500, queue)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    flat = [value for out in results for value in out]
+    assert len(set(flat)) == len(flat) == 2000
+    assert all(out == sorted(out) for out in results)
+
+
+def _draw(
+    key: str,
+    directory: str,
+    inherited: CounterNonce | None,
+    count: int,
+    out: multiprocessing.Queue[list[int]],
+) -> None:
+    source = inherited if inherited is not None else CounterNonce(key, directory=directory)
+    out.put([source() for _ in range(count)])
+
+
+def test_forked_processes_on_one_key_never_draw_the_same_nonce(private: Path) -> None:
+    """Children that inherit an open source, and children that open their own, share one sequence."""
+    key = new_key()
+    parent = CounterNonce(key, directory=private)
+    first = parent()
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[list[int]] = ctx.Queue()
+    inherited = [parent, parent, parent, None, None, None]
+    procs = [ctx.Process(target=_draw, args=(key, str(private), s, 400, queue)) for s in inherited]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    flat = [first, *(value for out in results for value in out), parent()]
+    assert len(set(flat)) == len(flat) == 2 + 6 * 400
+    assert all(out == sorted(out) for out in results)
+    assert flat[-1] == max(flat)

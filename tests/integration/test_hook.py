@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.sdk import Connection
+from helpers import REPO_ROOT
 
 import airflow_provider_gemini.hooks.gemini as hook_module
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.hooks.gemini import GeminiConnectionError, GeminiHook, client_kwargs
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = "account-hookkey-1234"
 SECRET = "hook-secret-abcdef"
 

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import multiprocessing
 import os
 import threading
 import time
@@ -133,28 +132,6 @@ def test_counter_nonce_is_unique_across_threads(lock_dir: Path) -> None:
     assert len(flat) == len(set(flat)) == 8 * 300
     for out in seen:
         assert out == sorted(out)
-
-
-def _draw(source: CounterNonce, count: int, queue: multiprocessing.Queue[list[int]]) -> None:
-    queue.put([source() for _ in range(count)])
-
-
-def test_counter_nonce_is_unique_across_forked_processes(lock_dir: Path) -> None:
-    """A source made before fork must not share its flock with the children (that would not exclude)."""
-    source = CounterNonce(new_key())
-    source()
-    ctx = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[list[int]] = ctx.Queue()
-    procs = [ctx.Process(target=_draw, args=(source, 500, queue)) for _ in range(4)]
-    for proc in procs:
-        proc.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    flat = [value for out in results for value in out]
-    assert len(set(flat)) == len(flat) == 2000
-    assert all(out == sorted(out) for out in results)
 
 
 def test_time_nonce_is_whole_seconds_and_never_repeats_in_a_process() -> None:

@@ -4,14 +4,13 @@ passes until a deadline, and a termination part-way that still leaves the record
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
 
 import pytest
-from airflow.sdk.bases.operator import ExecutorSafeguard
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from helpers import RecordingTI
 
 from airflow_provider_gemini.arguments import parse_order_ids
 from airflow_provider_gemini.operators.cancel import (
@@ -22,26 +21,10 @@ from airflow_provider_gemini.operators.cancel import (
 from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
+pytestmark = pytest.mark.usefixtures("as_the_task_runner")
+
 HOUR_MS = 3_600_000
 CANCEL = "/v1/order/cancel"
-
-
-class PushingTI:
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = json.loads(json.dumps(value))
-
-
-@pytest.fixture(autouse=True)
-def _as_the_task_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ExecutorSafeguard, "test_mode", True)
-
-
-@pytest.fixture
-def exchange(gemini_exchange: GeminiExchange, gemini_connection: str) -> GeminiExchange:
-    return gemini_exchange
 
 
 def stale_orders(exchange: GeminiExchange, count: int, **fields: Any) -> list[str]:
@@ -73,7 +56,7 @@ def test_safety_settings_fail_closed_on_text_that_reads_as_none(
     with pytest.raises(AirflowFailException, match=f"^{field}: "):
         op.render_template_fields({"params": {"x": text}})  # type: ignore[arg-type]
     with pytest.raises(AirflowFailException, match=f"^{field}: "):
-        op.execute({"params": {"x": text}, "ti": PushingTI()})  # type: ignore[arg-type]
+        op.execute({"params": {"x": text}, "ti": RecordingTI()})  # type: ignore[arg-type]
     assert exchange.journal == []
     assert len(exchange.live_orders()) == 3
 
@@ -82,7 +65,7 @@ def test_a_digit_client_order_id_prefix_rendered_as_an_int_matches(exchange: Gem
     targeted = stale_orders(exchange, 2, client_order_id="2024-a")
     others = stale_orders(exchange, 2, client_order_id="2025-a")
     op = GeminiCancelStaleOrdersOperator(task_id="sweep", max_age=60, client_order_id_prefix=2024)  # type: ignore[arg-type]
-    report = op.execute({"params": {}, "ti": PushingTI()})  # type: ignore[arg-type]
+    report = op.execute({"params": {}, "ti": RecordingTI()})  # type: ignore[arg-type]
     assert sorted(report["cancelled"]) == sorted(targeted)
     assert all(exchange.order(oid)["is_live"] for oid in others)
 
@@ -90,11 +73,11 @@ def test_a_digit_client_order_id_prefix_rendered_as_an_int_matches(exchange: Gem
 def test_a_cancel_report_is_a_valid_order_id_for_the_sensor(exchange: GeminiExchange) -> None:
     ids = stale_orders(exchange, 3)
     report = GeminiCancelOrderOperator(task_id="cancel", order_id=ids[:2]).execute(
-        {"params": {}, "ti": PushingTI()}  # type: ignore[arg-type]
+        {"params": {}, "ti": RecordingTI()}  # type: ignore[arg-type]
     )
     assert parse_order_ids(report) == [int(oid) for oid in ids[:2]]
     sensor = GeminiOrderCancelledSensor(task_id="confirm", order_id=report, request_cancel=False)
-    done = sensor.poke({"params": {}, "ti": PushingTI()})  # type: ignore[arg-type]
+    done = sensor.poke({"params": {}, "ti": RecordingTI()})  # type: ignore[arg-type]
     assert done.is_done and done.xcom_value["already_cancelled"] == ids[:2]
     assert parse_order_ids({"cancelled": [], "already_cancelled": [], "dry_run": ["1"]}) == []
 
@@ -103,7 +86,7 @@ def test_a_lost_cancel_all_answer_is_reconciled_from_the_book(exchange: GeminiEx
     ids = stale_orders(exchange, 4)
     exchange.inject_fault("drop_after", "/v1/order/cancel/all")
     report = GeminiCancelAllOrdersOperator(task_id="flatten", scope="all").execute(
-        {"params": {}, "ti": PushingTI()}  # type: ignore[arg-type]
+        {"params": {}, "ti": RecordingTI()}  # type: ignore[arg-type]
     )
     assert sorted(report["cancelled"]) == sorted(ids)
     assert sorted(report["stats"]["reconciled"]) == sorted(ids)
@@ -117,7 +100,7 @@ def test_one_try_rides_out_transient_failures_in_later_passes(exchange: GeminiEx
         # More failures than the client's attempts: only a later pass of the run can cancel these.
         exchange.inject_fault("maintenance", CANCEL, count=5)
     op = GeminiCancelStaleOrdersOperator(task_id="sweep", max_age=60, deadline=60)
-    report = op.execute({"params": {}, "ti": PushingTI()})  # type: ignore[arg-type]
+    report = op.execute({"params": {}, "ti": RecordingTI()})  # type: ignore[arg-type]
     assert sorted(report["cancelled"]) == sorted(ids)
     assert report["failed"] == [] and report["stats"]["passes"] >= 2
     assert exchange.live_orders() == []
@@ -127,7 +110,7 @@ def test_a_passed_deadline_reports_the_rest_as_not_attempted(exchange: GeminiExc
     stale_orders(exchange, 3)
     exchange.set_maintenance(True)
     op = GeminiCancelStaleOrdersOperator(task_id="sweep", max_age=60, deadline=0.5)
-    ti = PushingTI()
+    ti = RecordingTI()
     with pytest.raises(AirflowException) as caught:
         op.execute({"params": {}, "ti": ti})  # type: ignore[arg-type]
     assert not isinstance(caught.value, AirflowFailException)
@@ -141,7 +124,7 @@ def test_terminated_part_way_the_cancels_so_far_are_logged_and_pushed(
     ids = stale_orders(exchange, 40)
     exchange.inject_fault("delay", CANCEL, count=40, delay=0.1)
     op = GeminiCancelStaleOrdersOperator(task_id="sweep", max_age=60)
-    ti = PushingTI()
+    ti = RecordingTI()
     errors: list[BaseException] = []
 
     def run() -> None:

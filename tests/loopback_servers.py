@@ -1,7 +1,8 @@
 """Loopback servers for client tests: real sockets on 127.0.0.1, answers scripted byte for byte.
 
-`TrickleServer` holds an answer open by sending one byte every `pause` seconds, in the status line
-or in the body; `ScriptedServer` answers each request from a list, keeping the connection alive.
+`HungServer` accepts every connection and never reads or answers; `TrickleServer` holds an answer
+open by sending one byte every `pause` seconds, in the status line or in the body; `ScriptedServer`
+answers each request from a list, keeping the connection alive.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ class _Server:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
+
+
+class HungServer(_Server):
+    """Accepts every connection, reads nothing and never answers; `accepted` counts the attempts."""
+
+    def serve(self, conn: socket.socket) -> None:
+        self.stopping.wait()
 
 
 class TrickleServer(_Server):
