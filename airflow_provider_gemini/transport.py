@@ -142,8 +142,9 @@ def _track(conn: HTTPConnection) -> None:
         attempt.track(conn)
 
 
-class WatchedHTTPConnection(HTTPConnection):
-    """An HTTP connection that registers itself with the attempt running on this thread."""
+class _Watched(HTTPConnection):
+    """Registers the connection with the attempt running on this thread before it connects (so a TLS
+    handshake that trickles is cut at the deadline too), after, and before each request."""
 
     def connect(self) -> None:
         _track(self)
@@ -155,18 +156,12 @@ class WatchedHTTPConnection(HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class WatchedHTTPSConnection(HTTPSConnection):
-    """An HTTPS connection that registers itself with the attempt running on this thread; tracked
-    before connecting too, so a TLS handshake that trickles is cut at the deadline as well."""
+class WatchedHTTPConnection(_Watched):
+    """An HTTP connection watched by the attempt's deadline."""
 
-    def connect(self) -> None:
-        _track(self)
-        super().connect()
-        _track(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _track(self)
-        super().request(*args, **kwargs)
+class WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    """An HTTPS connection watched by the attempt's deadline."""
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):

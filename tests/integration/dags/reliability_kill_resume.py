@@ -4,29 +4,26 @@ execution_timeout, and run again."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from airflow.sdk import DAG
 
 from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
 
+SWEEP: dict[str, Any] = {
+    "task_id": "cancel_stale_orders",
+    "max_age": 3600,
+    "symbols": ["btcusd"],
+    "max_cancellations": 1000,
+    "retries": 0,
+}
+
 with DAG(dag_id="reliability_kill_resume", schedule=None, catchup=False):
-    GeminiCancelStaleOrdersOperator(
-        task_id="cancel_stale_orders",
-        max_age=3600,
-        symbols=["btcusd"],
-        max_cancellations=1000,
-        retries=0,
-    )
+    GeminiCancelStaleOrdersOperator(**SWEEP)
 
 # The same sweep cut off by Airflow's own execution_timeout, with a deadline well past it, so the
 # timeout (an AirflowTaskTimeout, a BaseException) lands mid-sweep rather than the run stopping itself.
 with DAG(dag_id="reliability_timeout", schedule=None, catchup=False):
     GeminiCancelStaleOrdersOperator(
-        task_id="cancel_stale_orders",
-        max_age=3600,
-        symbols=["btcusd"],
-        max_cancellations=1000,
-        retries=0,
-        execution_timeout=timedelta(seconds=8),
-        deadline=timedelta(minutes=5),
+        **SWEEP, execution_timeout=timedelta(seconds=8), deadline=timedelta(minutes=5)
     )
