@@ -26,6 +26,10 @@ DEFAULT_MAX_CLOCK_SKEW_SECONDS = 5.0
 """How far the worker's clock may be from the exchange's before a stale sweep refuses to run: well
 above what a Date header (whole seconds) and a round trip can blur, well below a typical `max_age`."""
 
+DEFAULT_MAX_START_DELAY = timedelta(minutes=30)
+"""How late a scheduled or backfill cancel run may start and still act (`timing.late_start`): room for
+a busy scheduler or a queue, far short of the next session."""
+
 Parser = Callable[[Any, str], Any]
 """An argument check: (value, field name) -> the parsed value, or ValueError naming the field."""
 
@@ -272,6 +276,14 @@ def parse_deadline(value: object, name: str = "deadline") -> datetime | timedelt
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{name}: needs a time zone (e.g. 2026-01-05T15:55:00-05:00), got {show(value)}")
     return moment
+
+
+def parse_start_delay(value: object, name: str = "max_start_delay") -> timedelta | None:
+    """How late a scheduled run may start: a timedelta or seconds (or their text); a real None turns
+    the guard off, and text that reads as none is refused like any other bad value."""
+    if value is None:
+        return None
+    return timedelta(seconds=parse_seconds(value, name))
 
 
 def parse_conn_id(value: object, name: str = "gemini_conn_id") -> str:

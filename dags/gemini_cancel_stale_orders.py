@@ -25,6 +25,10 @@ The time zone is DST-aware, so the run stays at 15:45 New York time in summer an
 `client_order_id_prefix` (empty: any order, including those placed in the web UI), `dry_run`,
 `max_cancellations`.
 
+A scheduled run that starts after the close (the DAG unpaused hours after its slot, a backfill of past
+dates) is skipped with the reason in the log and cancels nothing (`max_start_delay`); a manual or
+REST-triggered run acts whenever it is triggered.
+
 After an Airflow retry of `cancel_stale_orders`, its XCom (and so the confirm and the report) covers
 the last try: orders an earlier try cancelled are no longer live, and that try's log lists them.
 
@@ -56,6 +60,9 @@ RUN_AT = "15:45"
 """When the sweep runs: 15 minutes before CLOSE leaves room for retries and the confirm step."""
 
 _RUN_HOUR, _RUN_MINUTE = (int(part) for part in RUN_AT.split(":"))
+_CLOSE_HOUR, _CLOSE_MINUTE = (int(part) for part in CLOSE.split(":"))
+# A scheduled sweep that starts after the close (the DAG unpaused hours later, a backfill) is skipped.
+_UNTIL_CLOSE = timedelta(minutes=(_CLOSE_HOUR - _RUN_HOUR) * 60 + _CLOSE_MINUTE - _RUN_MINUTE)
 GEMINI_CONN_ID = DEFAULT_CONN_ID
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,7 @@ with DAG(
         client_order_id_prefix="{{ params.client_order_id_prefix }}",
         dry_run="{{ params.dry_run }}",
         max_cancellations="{{ params.max_cancellations }}",
+        max_start_delay=_UNTIL_CLOSE,
     )
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)

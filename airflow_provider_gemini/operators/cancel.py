@@ -9,7 +9,7 @@ failure part-way never hides what was cancelled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.arguments import (
     DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    DEFAULT_MAX_START_DELAY,
     Parser,
     parse_account,
     parse_bool,
@@ -29,6 +30,7 @@ from airflow_provider_gemini.arguments import (
     parse_scope,
     parse_seconds,
     parse_side,
+    parse_start_delay,
     parse_symbols,
     unrendered,
 )
@@ -60,11 +62,13 @@ class _GeminiCancelBase(BaseOperator):
         gemini_conn_id: str = DEFAULT_CONN_ID,
         account: str | None = None,
         dry_run: bool | str = False,
+        max_start_delay: timedelta | float | None = DEFAULT_MAX_START_DELAY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.gemini_conn_id = gemini_conn_id
         self.account = account
+        self.max_start_delay = parse_start_delay(max_start_delay)
         # Shadows BaseOperator.dry_run(), a leftover nothing in Airflow 3 calls: a template field needs
         # an attribute of the argument's name, and the argument is `dry_run`.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
@@ -96,9 +100,29 @@ class _GeminiCancelBase(BaseOperator):
         if self._active_run is not None:
             self._active_run.terminate("the task was terminated (SIGTERM)")
 
+    def _skip_if_late(self, context: Context) -> None:
+        """A scheduled or backfill run far from its slot is skipped before any request."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_provider_gemini.report import CancelReport
+        from airflow_provider_gemini.timing import late_start
+
+        dag_run = context.get("dag_run")
+        slot = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None)
+        why = late_start(getattr(dag_run, "run_type", None), slot, datetime.now(UTC), self.max_start_delay)
+        if why is None:
+            return
+        self.log.warning("Skipping: %s", why)
+        if self.do_xcom_push:  # downstream tasks that read the report see an empty one, not none
+            report = CancelReport()
+            report.stats["skipped"] = why
+            context["ti"].xcom_push(key="return_value", value=report.to_dict())
+        raise AirflowSkipException(why)
+
     def execute(self, context: Context) -> dict[str, Any]:
         # Checked again here: Airflow renders mapped tasks without calling render_template_fields.
         arguments = self._checked()
+        self._skip_if_late(context)
         from airflow_provider_gemini.cancelling import CancelRun, deadline_at
         from airflow_provider_gemini.hooks.gemini import GeminiHook
 
