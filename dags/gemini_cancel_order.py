@@ -8,9 +8,10 @@ airflow dags trigger gemini_cancel_order -c '{"order_ids": ["9007199254740993", 
 ```
 
 **Params**
-- `order_ids` (required, at least one): Gemini order ids. Enter them **as strings** (`"9007199254740993"`):
-  Gemini's ids can exceed 2^53, and a browser rounds such a number silently. Integers work from the CLI.
-  Duplicates are cancelled once.
+- `order_ids` (required, at least one): Gemini order ids, one per line in the form. From the CLI or the
+  REST API send them **as strings** (`["9007199254740993"]`): Gemini's ids can exceed 2^53, where a
+  JavaScript number is rounded silently, so a number is refused by the Param's schema before any
+  request. Duplicates are cancelled once.
 - `wait_for_cancel` (default on): after the cancel, confirm each cancelled id with Gemini's own order
   status (`GeminiOrderCancelledSensor`, read-only). Off: the confirm step is skipped.
 - `account`: the account nickname, needed with a master key (`master-...`); empty uses the
@@ -61,9 +62,11 @@ with DAG(
         "order_ids": Param(
             type="array",
             minItems=1,
-            items={"type": ["integer", "string"], "minimum": 1, "pattern": r"^\s*[0-9]{1,19}\s*$"},
+            # Text items: the trigger form then shows a one-per-line text box whose lines reach the DAG
+            # as strings, so no id is ever a JavaScript number that a browser could round.
+            items={"type": "string", "pattern": r"^\s*[0-9]{1,19}\s*$"},
             title="Order ids",
-            description='Gemini order ids; enter them as strings, e.g. "9007199254740993".',
+            description="Gemini order ids, one per line, e.g. 9007199254740993.",
         ),
         "wait_for_cancel": Param(
             True,
@@ -94,12 +97,14 @@ with DAG(
             return []
         return [*result["cancelled"], *result["already_cancelled"]]
 
+    # Deferrable: while orders drain, the triggerer polls and the worker slot is free.
     confirm_cancelled = GeminiOrderCancelledSensor(
         task_id="confirm_cancelled",
         gemini_conn_id=GEMINI_CONN_ID,
         order_id=ids_to_confirm(cancel_orders.output),
         account="{{ params.account }}",
         request_cancel=False,
+        deferrable=True,
         poke_interval=5,
         timeout=300,
     )
