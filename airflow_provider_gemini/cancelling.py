@@ -69,10 +69,10 @@ class CancelRun:
     started: float = field(default_factory=time.monotonic)
     unreadable: list[str] = field(default_factory=list)
     _transient: dict[str | None, str] = field(default_factory=dict)
-    _before: tuple[int, int] = (0, 0)
+    _before: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._before = (self.client.stats.requests, self.client.stats.retries)
+        self._before = self.client.stats.as_dict()
 
     @property
     def transient(self) -> list[str]:
@@ -258,12 +258,19 @@ class CancelRun:
         self.extra_stats["passes"] = passes
 
     def finish(self) -> dict[str, Any]:
-        """Bring the report's stats up to date (this run's requests, retries, duration) and return it."""
-        stats = self.client.stats
+        """Bring the report's stats up to date (this run's requests, retries by kind, duration) and
+        return it."""
+        now, before = self.client.stats.as_dict(), self._before
+        by_kind = {
+            kind: count - before["retries_by_kind"].get(kind, 0)
+            for kind, count in now["retries_by_kind"].items()
+            if count > before["retries_by_kind"].get(kind, 0)
+        }
         self.report.set_stats(
-            stats.requests - self._before[0],
-            stats.retries - self._before[1],
+            now["requests"] - before["requests"],
+            now["retries"] - before["retries"],
             time.monotonic() - self.started,
+            retries_by_kind=by_kind,
             **self.extra_stats,
         )
         return self.report.to_dict()

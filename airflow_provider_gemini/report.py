@@ -149,6 +149,8 @@ class CancelReport:
             mine = self.stats.get(key)
             if key in _REPORT_STAT_KEYS and isinstance(mine, int | float) and isinstance(value, int | float):
                 self.stats[key] = round(mine + value, 3) if key == "elapsed_seconds" else mine + value
+            elif key == "retries_by_kind" and isinstance(mine, dict) and isinstance(value, dict):
+                self.stats[key] = {kind: mine.get(kind, 0) + value.get(kind, 0) for kind in {*mine, *value}}
             else:
                 self.stats[key] = value
 

@@ -666,6 +666,11 @@ def test_report_merge_lets_the_later_answer_win_and_adds_stats() -> None:
     assert first.cancelled == ["11"] and first.failed == [] and first.dry_run == ["12"]
     assert first.orders["11"]["reason"] == "Requested"
     assert first.stats == {"requests": 3, "retries": 1, "elapsed_seconds": 1.5}
+    first.stats["retries_by_kind"] = {"rate_limited": 1}
+    third = CancelReport()
+    third.set_stats(2, 2, 0.1, retries_by_kind={"rate_limited": 1, "service_error": 1})
+    first.merge(third)
+    assert first.stats["retries_by_kind"] == {"rate_limited": 2, "service_error": 1}
 
 
 def test_report_table_is_fixed_width() -> None:

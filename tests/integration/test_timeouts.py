@@ -86,3 +86,4 @@ def test_cancel_task_against_a_hung_exchange_fails_retryably_after_the_configure
     assert hung_server.accepted == 2 + 2 * passes
     assert report["stats"]["requests"] == hung_server.accepted
     assert report["stats"]["retries"] == hung_server.accepted // 2
+    assert report["stats"]["retries_by_kind"] == {"service_error": hung_server.accepted // 2}
