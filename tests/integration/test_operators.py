@@ -569,6 +569,7 @@ def test_importing_the_operators_stays_cheap() -> None:
         "airflow_provider_gemini.exceptions",
         "airflow_provider_gemini.models",
         "airflow_provider_gemini.operators",
+        "airflow_provider_gemini.operators.base",
         "airflow_provider_gemini.operators.cancel",
     }
 
