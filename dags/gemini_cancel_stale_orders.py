@@ -21,7 +21,7 @@ The time zone is DST-aware, so the run stays at 15:45 New York time in summer an
    counts. It runs when the confirm step was skipped (`trigger_rule="none_failed"`), and not when
    anything before it failed, so a failed cancel or confirm fails the DAG run.
 
-**Params** (the trigger form): `max_age_minutes`, `symbols` (empty: every symbol), `side` (empty: both),
+**Params** (the trigger form): `max_age_minutes`, `symbols` (empty: every symbol), `side` (both, buy or sell),
 `client_order_id_prefix` (empty: any order, including those placed in the web UI), `dry_run`,
 `max_cancellations`.
 
@@ -101,12 +101,13 @@ with DAG(
             title="Symbols",
             description="Only these symbols, e.g. btcusd (empty: every symbol).",
         ),
+        # A None in an enum shows as the text "null" in the trigger form: "both" says what it means.
         "side": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, "buy", "sell"],
+            "both",
+            type="string",
+            enum=["both", "buy", "sell"],
             title="Side",
-            description="Empty: both.",
+            description="Only buy orders, only sell orders, or both.",
         ),
         "client_order_id_prefix": Param(
             None,
@@ -129,7 +130,7 @@ with DAG(
         gemini_conn_id=GEMINI_CONN_ID,
         max_age="{{ params.max_age_minutes * 60 }}",
         symbols="{{ params.symbols or None }}",
-        side="{{ params.side }}",
+        side="{{ None if params.side == 'both' else params.side }}",
         client_order_id_prefix="{{ params.client_order_id_prefix }}",
         dry_run="{{ params.dry_run }}",
         max_cancellations="{{ params.max_cancellations }}",

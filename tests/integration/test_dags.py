@@ -172,6 +172,8 @@ print(json.dumps({
         for name, schema in dag["schemas"].items():
             if schema.get("type") == "array":
                 assert schema.get("items", {}).get("type", "string") == "string", (name, schema)
+            # A None among a select's choices reads "null" in the form.
+            assert None not in schema.get("enum", ()), (name, schema)
 
 
 # --- gemini_cancel_stale_orders ----------------------------------------------------------------------------
