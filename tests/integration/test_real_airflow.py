@@ -1,0 +1,102 @@
+"""The example DAGs in a running Airflow: the scheduler creates runs, LocalExecutor runs the tasks,
+the REST API triggers and reads them, as a data-platform pipeline would.
+
+One deployment serves the module (it takes seconds to start); the exchange runs in this process on
+127.0.0.1 and the connection is created through the REST API. Figures are printed for the notes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from deployment import Deployment
+from helpers import REPO_ROOT
+
+from airflow_provider_gemini.testing.exchange import DEFAULT_API_KEY, DEFAULT_API_SECRET, GeminiExchange
+
+pytestmark = pytest.mark.timeout(300)
+
+HOUR_MS = 3_600_000
+DAG_IDS = ("gemini_cancel_order", "gemini_cancel_stale_orders", "gemini_end_of_session")
+
+
+@pytest.fixture(scope="module")
+def exchange() -> Iterator[GeminiExchange]:
+    ex = GeminiExchange()
+    ex.add_key(DEFAULT_API_KEY, DEFAULT_API_SECRET, ("Trader",), "counter", ("primary",), False)
+    ex.start()
+    yield ex
+    ex.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory, exchange: GeminiExchange) -> Iterator[Deployment]:
+    home = tmp_path_factory.mktemp("airflow_home")
+    deployment = Deployment(
+        home, REPO_ROOT / "dags", ["api-server", "scheduler", "dag-processor", "triggerer"]
+    )
+    try:
+        created = deployment.request(
+            "POST",
+            "/connections",
+            {
+                "connection_id": "gemini_default",
+                "conn_type": "gemini_exchange",
+                "login": exchange.api_key,
+                "password": exchange.api_secret,
+                "host": exchange.url,
+            },
+        )
+        assert created.status_code == 201, created.text
+        for dag_id in DAG_IDS:
+            deployment.wait_for_dag(dag_id)
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def test_a_rest_triggered_cancel_runs_through_the_scheduler(
+    airflow: Deployment, exchange: GeminiExchange
+) -> None:
+    assert exchange.api_key is not None
+    ids = [str(exchange.place_order(exchange.api_key)["order_id"]) for _ in range(2)]
+    kept = str(exchange.place_order(exchange.api_key)["order_id"])
+    assert airflow.request("PATCH", "/dags/gemini_cancel_order", {"is_paused": False}).status_code == 200
+    began = time.monotonic()
+    run = airflow.request(
+        "POST", "/dags/gemini_cancel_order/dagRuns", {"logical_date": None, "conf": {"order_ids": ids}}
+    )
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+    finished = airflow.wait_for_run("gemini_cancel_order")
+    seconds = time.monotonic() - began
+    assert (finished["dag_run_id"], finished["state"]) == (run_id, "success"), airflow.logs("scheduler")
+    assert airflow.task_states("gemini_cancel_order", run_id) == dict.fromkeys(
+        ["cancel_orders", "ids_to_confirm", "confirm_cancelled"], "success"
+    )
+    report = airflow.xcom("gemini_cancel_order", run_id, "cancel_orders")
+    assert report["cancelled"] == ids
+    assert all(exchange.order(oid)["is_cancelled"] for oid in ids) and exchange.order(kept)["is_live"]
+    print(f"gemini_cancel_order: trigger to success in {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("dag_id", ["gemini_cancel_stale_orders", "gemini_end_of_session"])
+def test_unpausing_a_scheduled_dag_long_after_its_slot_cancels_nothing(
+    airflow: Deployment, exchange: GeminiExchange, dag_id: str
+) -> None:
+    assert exchange.api_key is not None
+    old = int(time.time() * 1000) - 3 * HOUR_MS
+    live = [str(exchange.place_order(exchange.api_key, timestampms=old)["order_id"]) for _ in range(3)]
+    sent = len(exchange.journal)
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": False}).status_code == 200
+    finished = airflow.wait_for_run(dag_id)
+    states = airflow.task_states(dag_id, finished["dag_run_id"])
+    assert finished["run_type"] == "scheduled", finished
+    first = "cancel_stale_orders" if dag_id == "gemini_cancel_stale_orders" else "cancel_session_orders"
+    assert states[first] == "skipped", (states, finished)
+    assert all(exchange.order(oid)["is_live"] for oid in live)
+    assert exchange.journal[sent:] == [], "the late scheduled run sent requests"
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
+    print(f"{dag_id}: scheduled run for {finished['run_after']} skipped; states {states}")
