@@ -40,7 +40,6 @@ __all__ = [
     "ClientStats",
     "GeminiClient",
     "RateLimiter",
-    "ServerClock",
     "decode_json",
 ]
 
@@ -315,10 +314,6 @@ class GeminiClient:
         """Seconds the exchange's clock is ahead of this host's (negative: behind); None until an
         answer carrying a Date header arrived."""
         return self.server_clock.offset
-
-    def exchange_now_ms(self) -> int | None:
-        """The exchange's time now in epoch milliseconds (local time plus clock_offset), or None."""
-        return self.server_clock.now_ms()
 
     def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
         chosen = self.account if account is None else account

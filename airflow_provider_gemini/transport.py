@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,8 +277,7 @@ class ServerClock:
     one that does not overlap (a clock was stepped) starts afresh. Thread-safe; reads take no lock.
     """
 
-    def __init__(self, wall: Callable[[], float] = time.time) -> None:
-        self._wall = wall
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bounds: tuple[float, float] | None = None
         self._last_date: tuple[str, float] | None = None
@@ -309,14 +308,3 @@ class ServerClock:
         """Seconds the exchange's clock is ahead of ours (negative: behind); None before any Date."""
         bounds = self._bounds
         return None if bounds is None else (bounds[0] + bounds[1]) / 2.0
-
-    @property
-    def uncertainty(self) -> float | None:
-        """How far `offset` may be from the truth, in seconds (half the interval it lies in)."""
-        bounds = self._bounds
-        return None if bounds is None else (bounds[1] - bounds[0]) / 2.0
-
-    def now_ms(self) -> int | None:
-        """The exchange's time now in epoch milliseconds (our clock plus the offset), None before any Date."""
-        offset = self.offset
-        return None if offset is None else round((self._wall() + offset) * 1000.0)

@@ -32,8 +32,9 @@ class GeminiOrderStatusTrigger(BaseTrigger):
     run in a worker thread (`asyncio.to_thread`), so the triggerer's event loop never blocks. It waits
     `poll_interval` seconds before each poll (the deferring task has just polled) and gives up at
     `end_time` (epoch seconds), on time even while a poll is still waiting for the exchange (a poll
-    started within LAST_LOOK_SECONDS of end_time may take that long). With `return_on_live` it fires as soon as a pending order is seen live,
-    so the worker can send the cancel a transient error kept it from sending.
+    started within LAST_LOOK_SECONDS of end_time may take that long). With `return_on_live` it fires
+    as soon as a pending order is seen live, so the worker can send the cancel a transient error kept
+    it from sending.
 
     The single event's payload is plain JSON: {"status": "success" | "error" | "timeout" |
     "cancel_needed", "message": str | None, "report": {...}, "state": {"cancel_sent", "started_at"}}.

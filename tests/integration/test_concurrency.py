@@ -163,31 +163,9 @@ def private(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def _draw_from_inherited(source: CounterNonce, count: int, queue: multiprocessing.Queue[list[int]]) -> None:
-    queue.put([source() for _ in range(count)])
-
-
-def test_counter_nonce_is_unique_across_forked_processes(lock_dir: Path) -> None:
-    """A source made before fork must not share its flock with the children (that would not exclude)."""
-    source = CounterNonce(new_key())
-    source()
-    ctx = multiprocessing.get_context("fork")
-    queue: multiprocessing.Queue[list[int]] = ctx.Queue()
-    procs = [ctx.Process(target=_draw_from_inherited, args=(source, 500, queue)) for _ in range(4)]
-    for proc in procs:
-        proc.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    flat = [value for out in results for value in out]
-    assert len(set(flat)) == len(flat) == 2000
-    assert all(out == sorted(out) for out in results)
-
-
 def _draw(
     key: str,
-    directory: str,
+    directory: str | None,
     inherited: CounterNonce | None,
     count: int,
     out: multiprocessing.Queue[list[int]],
@@ -196,21 +174,39 @@ def _draw(
     out.put([source() for _ in range(count)])
 
 
-def test_forked_processes_on_one_key_never_draw_the_same_nonce(private: Path) -> None:
-    """Children that inherit an open source, and children that open their own, share one sequence."""
-    key = new_key()
-    parent = CounterNonce(key, directory=private)
-    first = parent()
+def draw_in_forked_children(
+    key: str, directory: str | None, sources: list[CounterNonce | None], count: int
+) -> list[list[int]]:
+    """`count` nonces from each forked child: from the inherited source, or (None) from its own."""
     ctx = multiprocessing.get_context("fork")
     queue: multiprocessing.Queue[list[int]] = ctx.Queue()
-    inherited = [parent, parent, parent, None, None, None]
-    procs = [ctx.Process(target=_draw, args=(key, str(private), s, 400, queue)) for s in inherited]
+    procs = [ctx.Process(target=_draw, args=(key, directory, s, count, queue)) for s in sources]
     for proc in procs:
         proc.start()
     results = [queue.get(timeout=60) for _ in procs]
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
+    return results
+
+
+def test_counter_nonce_is_unique_across_forked_processes(lock_dir: Path) -> None:
+    """A source made before fork must not share its flock with the children (that would not exclude)."""
+    key = new_key()
+    source = CounterNonce(key)
+    source()
+    results = draw_in_forked_children(key, None, [source] * 4, 500)
+    flat = [value for out in results for value in out]
+    assert len(set(flat)) == len(flat) == 2000
+    assert all(out == sorted(out) for out in results)
+
+
+def test_forked_processes_on_one_key_never_draw_the_same_nonce(private: Path) -> None:
+    """Children that inherit an open source, and children that open their own, share one sequence."""
+    key = new_key()
+    parent = CounterNonce(key, directory=private)
+    first = parent()
+    results = draw_in_forked_children(key, str(private), [parent, parent, parent, None, None, None], 400)
     flat = [first, *(value for out in results for value in out), parent()]
     assert len(set(flat)) == len(flat) == 2 + 6 * 400
     assert all(out == sorted(out) for out in results)
