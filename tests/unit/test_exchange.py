@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import os
 import threading
 import time
@@ -194,8 +195,14 @@ def test_time_nonce_window(ex: GeminiExchange) -> None:
     ok = {"request": "/v1/heartbeat", "nonce": now}
     assert client.raw("/v1/heartbeat", ok).status_code == 200
     assert client.raw("/v1/heartbeat", ok).status_code == 200  # time nonces need not increase
-    for off in (now - 31, now + 31, now * 1000):
-        assert error(client.raw("/v1/heartbeat", {"request": "/v1/heartbeat", "nonce": off})) == (
+    # Each nonce is taken from the clock just before its request, rounded away from the window: the
+    # exchange compares with its float time, so `int(now) + 31` may be only 30.x s ahead of it.
+    for off in (
+        lambda: math.floor(time.time()) - 31,
+        lambda: math.ceil(time.time()) + 31,
+        lambda: now * 1000,
+    ):
+        assert error(client.raw("/v1/heartbeat", {"request": "/v1/heartbeat", "nonce": off()})) == (
             400,
             "InvalidNonce",
         )
