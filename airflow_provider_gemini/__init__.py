@@ -9,7 +9,87 @@ __version__ = "0.1.0"
 DEFAULT_CONN_ID = "gemini_default"
 """The connection id every hook, operator, sensor and trigger uses unless given another."""
 
+CONN_TYPE = "geminiexchange"
+"""The connection type. No "_": Airflow warns on every URI of a type that is not an RFC 3986 scheme,
+and plain "gemini" would meet Google's Gemini models in a shared Airflow."""
+
+LEGACY_CONN_TYPE = "gemini_exchange"
+"""The type of connections made by earlier versions; still registered, so they keep working."""
+
 _INTEGRATION = "Gemini Exchange"
+
+# The trigger and connection forms of Airflow 3.3 save every field, a null for each one left empty,
+# so no field carries a default: an empty field means the provider's default, stated in its text,
+# and a connection saved from the form follows the provider's defaults instead of pinning them.
+_CONN_FIELDS: dict[str, Any] = {
+    "environment": {
+        "label": "Environment",
+        # A None among the choices would show as the text "null"; empty means production.
+        "schema": {"type": ["string", "null"], "enum": ["production", "sandbox"]},
+        "description": "Which Gemini API to use when Base URL is empty (empty: production).",
+    },
+    "account": {
+        "label": "Account",
+        "schema": {"type": ["string", "null"]},
+        "description": "Account nickname; required for master keys (master-...).",
+    },
+    "nonce_mode": {
+        "label": "Nonce mode",
+        "schema": {"type": ["string", "null"], "enum": ["counter", "time"]},
+        "description": "counter (empty): increasing milliseconds, for default keys; "
+        "time: seconds, for keys created with 'Uses a time based nonce'.",
+    },
+    "timeout": {
+        "label": "Timeout (seconds)",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+        "description": "Seconds one attempt may take for the whole answer; each retry gets a new one "
+        "(empty: 10).",
+    },
+    "call_timeout": {
+        "label": "Call timeout (seconds)",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+        "description": "Seconds one request may take in all, retries and their waits included (empty: 60).",
+    },
+    "rate_limit_per_minute": {
+        "label": "Rate limit (requests a minute)",
+        # One type: a field of several types is a multi-line JSON box in the form. Text takes both a
+        # number and "off".
+        "schema": {"type": ["string", "null"], "pattern": r"^\s*([0-9]+(\.[0-9]*)?|off)\s*$"},
+        "description": "This process's pacing for the key, or off (empty: 600). "
+        "Use an Airflow pool to share one key across workers.",
+    },
+    "burst": {
+        "label": "Burst",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+        "description": "Requests allowed back to back before pacing starts (empty: 5).",
+    },
+    "max_attempts": {
+        "label": "Attempts per request",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+        "description": "Tries of one request (first one included) on transient errors (empty: 5).",
+    },
+}
+
+
+def _connection_type(conn_type: str, hook_class: str, hook_name: str) -> dict[str, Any]:
+    return {
+        "connection-type": conn_type,
+        "hook-class-name": hook_class,
+        "hook-name": hook_name,
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "port", "extra"],
+            "relabeling": {
+                "login": "API key",
+                "password": "API secret",
+                "host": "Base URL (optional)",
+            },
+            "placeholders": {
+                "login": "account-XXXXXXXXXXXXXXXXXXXX",
+                "host": "https://api.sandbox.gemini.com (empty: from Environment)",
+            },
+        },
+        "conn-fields": _CONN_FIELDS,
+    }
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -51,76 +131,11 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "connection-types": [
-            {
-                "connection-type": "gemini_exchange",
-                "hook-class-name": "airflow_provider_gemini.hooks.gemini.GeminiHook",
-                "hook-name": "Gemini Exchange",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "extra"],
-                    "relabeling": {
-                        "login": "API key",
-                        "password": "API secret",
-                        "host": "Base URL (optional)",
-                    },
-                    "placeholders": {
-                        "login": "account-XXXXXXXXXXXXXXXXXXXX",
-                        "host": "https://api.sandbox.gemini.com (empty: from Environment)",
-                    },
-                },
-                "conn-fields": {
-                    "environment": {
-                        "label": "Environment",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "enum": ["production", "sandbox", None],
-                            "default": "production",
-                        },
-                        "description": "Which Gemini API to use when Base URL is empty.",
-                    },
-                    "account": {
-                        "label": "Account",
-                        "schema": {"type": ["string", "null"]},
-                        "description": "Account nickname; required for master keys (master-...).",
-                    },
-                    "nonce_mode": {
-                        "label": "Nonce mode",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "enum": ["counter", "time", None],
-                            "default": "counter",
-                        },
-                        "description": "counter: increasing milliseconds (default keys); "
-                        "time: seconds, for keys created with 'Uses a time based nonce'.",
-                    },
-                    "timeout": {
-                        "label": "Timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 10},
-                        "description": "Seconds one attempt may take for the whole answer; "
-                        "each retry gets a new one.",
-                    },
-                    "call_timeout": {
-                        "label": "Call timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 60},
-                        "description": "Seconds one request may take in all, retries and their waits "
-                        "included.",
-                    },
-                    "rate_limit_per_minute": {
-                        "label": "Rate limit (requests a minute)",
-                        "schema": {"type": ["number", "string", "null"], "default": 600},
-                        "description": "This process's pacing for the key; 'off' disables it. "
-                        "Use an Airflow pool to share one key across workers.",
-                    },
-                    "burst": {
-                        "label": "Burst",
-                        "schema": {"type": ["integer", "null"], "default": 5},
-                        "description": "Requests allowed back to back before pacing starts.",
-                    },
-                    "max_attempts": {
-                        "label": "Attempts per request",
-                        "schema": {"type": ["integer", "null"], "default": 5},
-                        "description": "Tries of one request (first one included) on transient errors.",
-                    },
-                },
-            }
+            _connection_type(CONN_TYPE, "airflow_provider_gemini.hooks.gemini.GeminiHook", _INTEGRATION),
+            _connection_type(
+                LEGACY_CONN_TYPE,
+                "airflow_provider_gemini.hooks.gemini.GeminiLegacyTypeHook",
+                f"{_INTEGRATION} (legacy type {LEGACY_CONN_TYPE})",
+            ),
         ],
     }

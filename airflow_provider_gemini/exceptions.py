@@ -27,6 +27,16 @@ _KEY_LEVEL_REASONS = frozenset(
     }
 )
 
+# Gemini's SDK files an unknown key under the canonical kind invalid_signature; the reason tells the
+# user which half of the credentials to check.
+_HINTS = {
+    "InvalidApiKey": "Gemini does not know this API key; check the key, and that Environment or Base "
+    "URL is the API the key was made on, since sandbox keys fail on production",
+    "InvalidSignature": "the API secret does not match the key",
+    "MissingApikeyHeader": "the request carried no API key",
+    "ApiKeyIpFilteringFailure": "the key's IP allow list does not hold this host's address",
+}
+
 UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
 """Paths whose repeat could act twice (place an order, move funds): everything else is idempotent."""
 
@@ -86,7 +96,8 @@ class GeminiError(Exception):
         where = "no HTTP answer" if self.status is None else f"HTTP {self.status}"
         if self.reason:
             where = f"{where}, {self.reason}"
-        return f"{self.kind} ({where}): {self.message}"
+        hint = _HINTS.get(self.reason or "")
+        return f"{self.kind} ({where}): {self.message}" + (f"; {hint}" if hint else "")
 
     def __repr__(self) -> str:
         return (

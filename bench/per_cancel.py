@@ -100,7 +100,7 @@ def ccxt_exchange(url: str, key: Key) -> Any:
 
 def hook_connection(url: str, key: Key, **extra: Any) -> str:
     """An AIRFLOW_CONN_... value for the local exchange; `extra` e.g. rate_limit_per_minute="off"."""
-    conn = {"conn_type": "gemini_exchange", "login": key.api_key, "password": key.api_secret, "host": url}
+    conn = {"conn_type": "geminiexchange", "login": key.api_key, "password": key.api_secret, "host": url}
     return json.dumps({**conn, "extra": extra} if extra else conn)
 
 

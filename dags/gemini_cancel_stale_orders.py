@@ -96,7 +96,8 @@ with DAG(
         ),
         "symbols": Param(
             [],
-            type="array",
+            # null too: the form marks a Param without it required, and clearing the box sends null.
+            type=["null", "array"],
             items={"type": "string"},
             title="Symbols",
             description="Only these symbols, e.g. btcusd (empty: every symbol).",

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_gemini import CONN_TYPE, LEGACY_CONN_TYPE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
 DAG_ID = "gemini_cancel_stale_orders"
@@ -258,7 +260,7 @@ def demo_local(home: Path, conf: dict[str, Any]) -> int:
     with local_exchange(home, api_secret) as url:
         say(f"Local Gemini exchange (test only) on {url}, seeded with the demo book.")
         conn = json.dumps(
-            {"conn_type": "gemini_exchange", "login": DEMO_API_KEY, "password": api_secret, "host": url}
+            {"conn_type": CONN_TYPE, "login": DEMO_API_KEY, "password": api_secret, "host": url}
         )
         before, after, before_ms, after_ms = run_between_looks(home, conn, conf, lambda: admin_book(url))
     say()
@@ -311,8 +313,8 @@ def demo_remote(home: Path, conn: str, conf: dict[str, Any]) -> int:
         conn_type = json.loads(conn).get("conn_type")
     except ValueError:
         raise DemoError("GEMINI_CONN must be a connection in Airflow's JSON form") from None
-    if conn_type != "gemini_exchange":
-        raise DemoError(f'GEMINI_CONN: conn_type must be "gemini_exchange", got {conn_type!r}')
+    if conn_type not in (CONN_TYPE, LEGACY_CONN_TYPE):
+        raise DemoError(f"GEMINI_CONN: conn_type must be {CONN_TYPE!r}, got {conn_type!r}")
     if os.environ.get("GEMINI_DEMO_DRY_RUN", "1") != "0":
         conf["dry_run"] = True
         say("GEMINI_CONN is set: running against that account with dry_run=true (nothing is cancelled).")

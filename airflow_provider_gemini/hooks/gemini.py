@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_gemini import DEFAULT_CONN_ID
+from airflow_provider_gemini import CONN_TYPE, DEFAULT_CONN_ID, LEGACY_CONN_TYPE
 from airflow_provider_gemini.arguments import parse_base_url
 from airflow_provider_gemini.auth import NONCE_MODES
 from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
@@ -23,7 +23,13 @@ Fail = Callable[[str], "GeminiConnectionError"]
 
 
 class GeminiConnectionError(ValueError):
-    """The connection's fields cannot make a client; the message names the field."""
+    """The connection's fields cannot make a client; the message names the connection and the field,
+    `problem` the field alone (for the Test button, which runs on a temporary copy's id)."""
+
+    def __init__(self, conn_id: str, problem: str) -> None:
+        self.conn_id = conn_id
+        self.problem = problem
+        super().__init__(f"Gemini connection {conn_id!r}: {problem}")
 
 
 def _blank(value: object) -> bool:
@@ -113,7 +119,7 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
     conn_id = getattr(conn, "conn_id", None) or "?"
 
     def fail(problem: str) -> GeminiConnectionError:
-        return GeminiConnectionError(f"Gemini connection {conn_id!r}: {problem}")
+        return GeminiConnectionError(conn_id, problem)
 
     if extra is None:
         extra = conn.extra_dejson
@@ -143,7 +149,7 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
 
 
 class GeminiHook(BaseHook):
-    """Interact with Gemini's private REST API through a `gemini_exchange` connection.
+    """Interact with Gemini's private REST API through a `geminiexchange` connection.
 
     login is the API key, password the API secret, host an optional base URL (scheme and port), and
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
@@ -154,7 +160,7 @@ class GeminiHook(BaseHook):
 
     conn_name_attr = "gemini_conn_id"
     default_conn_name = DEFAULT_CONN_ID
-    conn_type = "gemini_exchange"
+    conn_type = CONN_TYPE
     hook_name = "Gemini Exchange"
 
     def __init__(self, gemini_conn_id: str = default_conn_name) -> None:
@@ -186,6 +192,9 @@ class GeminiHook(BaseHook):
                 roles = client.roles()
         except GeminiError as err:
             return False, f"Could not read the key's roles: {err}"
+        except GeminiConnectionError as err:
+            # The api-server tests a copy under a random id: name the field, not that id.
+            return False, err.problem
         except Exception as err:
             return False, str(err)
         held = ", ".join(roles.names()) or "none"
@@ -195,3 +204,10 @@ class GeminiHook(BaseHook):
             f"Connected to {client.base_url}, but the key lacks the Trader role that cancelling orders "
             f"needs (roles: {held})."
         )
+
+
+class GeminiLegacyTypeHook(GeminiHook):
+    """GeminiHook for connections of the earlier type `gemini_exchange`: same fields, same client."""
+
+    conn_type = LEGACY_CONN_TYPE
+    hook_name = "Gemini Exchange (legacy type gemini_exchange)"

@@ -194,9 +194,20 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         from airflow_provider_gemini.report import CancelReport
 
         report = watch.final_report()
-        self.log.info(
-            "All %d order(s) gone: %s", len(watch.order_ids), CancelReport.from_dict(report).summary_line()
-        )
+        summary = CancelReport.from_dict(report).summary_line()
+        if self.request_cancel:
+            self.log.info("All %d order(s) gone: %s", len(watch.order_ids), summary)
+        else:
+            # A watcher sends no cancel, so the report files every cancel it confirms, made upstream
+            # or by hand, under already_cancelled; cancelled=0 is no failure, and the log says so.
+            self.log.info(
+                "All %d order(s) confirmed gone: %d cancelled before this sensor looked (the report's "
+                "already_cancelled; a watcher sends no cancel), %d filled. %s",
+                len(watch.order_ids),
+                len(watch.report.already_cancelled),
+                len(watch.report.filled),
+                summary,
+            )
         return PokeReturnValue(is_done=True, xcom_value=report)
 
     # -- deferrable ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def stored(api_server: Deployment, gemini_exchange: GeminiExchange) -> dict[str,
     """A Gemini connection saved through the REST API, its port empty (as the form leaves it)."""
     body = {
         "connection_id": "gemini_ui_" + gemini_exchange.url.rsplit(":", 1)[1],
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": gemini_exchange.api_key,
         "password": gemini_exchange.api_secret,
         "host": gemini_exchange.url,

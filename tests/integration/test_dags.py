@@ -127,6 +127,8 @@ print(json.dumps({
             "native": d.render_template_as_native_obj,
             "params": sorted(d.params),
             "schemas": {name: d.params.get_param(name).schema for name in d.params},
+            "defaults": {n: d.params.get_param(n).value if d.params.get_param(n).has_value else "<none>"
+                         for n in d.params},
             "schedule": getattr(d.timetable, "expression", None),
             "tz": str(getattr(d.timetable, "timezone", "")),
             "tasks": sorted(t.task_id for t in d.tasks),
@@ -168,12 +170,18 @@ print(json.dumps({
     # Airflow 3.3's trigger form (ui/dist, FieldSelector) shows an array Param as a one-per-line text
     # box only when its items are plain strings; any other array is a JSON editor, where a browser
     # parses 9007199254741003 as a number and sends 9007199254741004.
+    # The same form marks a Param required, and refuses it left empty, unless its type admits null;
+    # it picks the widget from the first type that is not null.
     for dag in dags.values():
         for name, schema in dag["schemas"].items():
-            if schema.get("type") == "array":
+            types = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+            if [t for t in types if t != "null"][:1] == ["array"]:
                 assert schema.get("items", {}).get("type", "string") == "string", (name, schema)
             # A None among a select's choices reads "null" in the form.
             assert None not in schema.get("enum", ()), (name, schema)
+            default = dag["defaults"][name]
+            if default is None or default in ([], ""):
+                assert "null" in types, f"{name} may be left empty but the form would mark it required"
 
 
 # --- gemini_cancel_stale_orders ----------------------------------------------------------------------------

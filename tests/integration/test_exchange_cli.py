@@ -70,7 +70,7 @@ def test_demo_server_answers_and_stops_on_sigint(start_cli: Start) -> None:
     line = next(x for x in out.splitlines() if "AIRFLOW_CONN_GEMINI_DEFAULT=" in x)
     conn = json.loads(line.split("=", 1)[1].strip("'"))
     assert conn == {
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": "account-demo-key",
         "password": "demo-secret",
         "host": url,

@@ -6,11 +6,13 @@ import json
 import subprocess
 from typing import Any
 
+import jsonschema
 import pytest
 from airflow.sdk import Connection
 from helpers import REPO_ROOT
 
 import airflow_provider_gemini.hooks.gemini as hook_module
+from airflow_provider_gemini import LEGACY_CONN_TYPE, get_provider_info
 from airflow_provider_gemini.client import GeminiClient
 from airflow_provider_gemini.hooks.gemini import GeminiConnectionError, GeminiHook, client_kwargs
 from airflow_provider_gemini.testing.exchange import GeminiExchange
@@ -23,7 +25,7 @@ def conn(**fields: Any) -> Connection:
     extra = fields.pop("extra", None)
     values: dict[str, Any] = {
         "conn_id": "gemini_test",
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": KEY,
         "password": SECRET,
     }
@@ -35,7 +37,7 @@ def conn(**fields: Any) -> Connection:
 
 def test_hook_identity() -> None:
     assert (GeminiHook.conn_name_attr, GeminiHook.default_conn_name) == ("gemini_conn_id", "gemini_default")
-    assert (GeminiHook.conn_type, GeminiHook.hook_name) == ("gemini_exchange", "Gemini Exchange")
+    assert (GeminiHook.conn_type, GeminiHook.hook_name) == ("geminiexchange", "Gemini Exchange")
     assert GeminiHook().gemini_conn_id == "gemini_default"
 
 
@@ -76,6 +78,20 @@ def test_connection_fields(fields: dict[str, Any], expected: dict[str, Any]) -> 
     kwargs = client_kwargs(conn(**fields))
     assert {name: kwargs[name] for name in expected} == expected
     GeminiClient(**kwargs)
+
+
+def test_a_connection_saved_from_the_form_follows_the_provider_defaults() -> None:
+    """Airflow 3.3's form saves every field, a null for each one left empty: that means the default."""
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert all("default" not in field["schema"] for field in fields.values())
+    assert client_kwargs(conn(extra=dict.fromkeys(fields))) == client_kwargs(conn())
+
+
+@pytest.mark.parametrize("rate", ["600", " 6000 ", "off", "12.5"], ids=["text", "spaces", "off", "fraction"])
+def test_the_rate_limit_text_field_takes_what_its_pattern_admits(rate: str) -> None:
+    schema = get_provider_info()["connection-types"][0]["conn-fields"]["rate_limit_per_minute"]["schema"]
+    jsonschema.validate(rate, schema)
+    client_kwargs(conn(extra={"rate_limit_per_minute": rate}))
 
 
 @pytest.mark.parametrize(
@@ -169,10 +185,8 @@ def test_test_connection_reports_failures_without_raising(
     assert not ok and message.startswith("Could not read the key's roles: invalid_signature (HTTP 400")
     assert "not-the-secret" not in message
     monkeypatch.setenv("AIRFLOW_CONN_GEMINI_DEFAULT", json.dumps({**wrong, "login": ""}))
-    assert GeminiHook().test_connection() == (
-        False,
-        "Gemini connection 'gemini_default': API key (login) is empty",
-    )
+    # The api-server tests a copy under a random id, so the message names the field alone.
+    assert GeminiHook().test_connection() == (False, "API key (login) is empty")
     monkeypatch.delenv("AIRFLOW_CONN_GEMINI_DEFAULT")
     ok, message = GeminiHook().test_connection()
     assert not ok and "gemini_default" in message
@@ -201,6 +215,13 @@ def test_airflow_connections_test_cli(gemini_exchange: GeminiExchange, airflow_h
     assert auditor.returncode == 1
     assert "Connection failed!" in auditor.stdout
     assert "lacks the Trader role that cancelling orders needs (roles: Auditor)" in auditor.stdout
-    assert [entry.path for entry in gemini_exchange.journal] == ["/v1/roles", "/v1/roles"]
-    for run in (trader, auditor):
+    # Connections of the earlier type still resolve to the hook and test alike.
+    legacy = airflow_connections_test(
+        airflow_home,
+        json.dumps({**json.loads(gemini_exchange.airflow_connection()), "conn_type": LEGACY_CONN_TYPE}),
+    )
+    assert legacy.returncode == 0 and "Connection success!" in legacy.stdout, legacy.stdout + legacy.stderr
+    assert [entry.path for entry in gemini_exchange.journal] == ["/v1/roles"] * 3
+    assert "shall not contain '_'" not in trader.stdout + trader.stderr
+    for run in (trader, auditor, legacy):
         assert "auditor-cli-secret" not in run.stdout + run.stderr

@@ -51,9 +51,10 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
         "import json, warnings; warnings.simplefilter('ignore');"
         "from airflow.providers_manager import ProvidersManager;"
         "pm = ProvidersManager(); p = pm.providers['airflow-provider-gemini'];"
-        "print(json.dumps({'version': p.version, 'behaviour': pm.field_behaviours.get('gemini_exchange'),"
+        "types = ('geminiexchange', 'gemini_exchange');"
+        "print(json.dumps({'version': p.version, 'behaviour': [pm.field_behaviours.get(t) for t in types],"
         "'widgets': sorted(k for k in pm.connection_form_widgets if 'gemini' in k),"
-        "'hook': pm.hooks['gemini_exchange'].hook_class_name}))"
+        "'hooks': [pm.hooks[t].hook_class_name for t in types]}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -65,14 +66,20 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
     )
     found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["version"] == airflow_provider_gemini.__version__
-    assert found["hook"] == "airflow_provider_gemini.hooks.gemini.GeminiHook"
-    assert found["behaviour"]["relabeling"] == {
-        "login": "API key",
-        "password": "API secret",
-        "host": "Base URL (optional)",
-    }
+    # The type without "_", and the earlier one so that existing connections keep their form and Test.
+    assert found["hooks"] == [
+        "airflow_provider_gemini.hooks.gemini.GeminiHook",
+        "airflow_provider_gemini.hooks.gemini.GeminiLegacyTypeHook",
+    ]
+    for behaviour in found["behaviour"]:
+        assert behaviour["relabeling"] == {
+            "login": "API key",
+            "password": "API secret",
+            "host": "Base URL (optional)",
+        }
     assert found["widgets"] == [
-        f"extra__gemini_exchange__{name}"
+        f"extra__{conn_type}__{name}"
+        for conn_type in ("gemini_exchange", "geminiexchange")
         for name in sorted(
             [
                 "account",

@@ -43,7 +43,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, exchange: GeminiExchange) 
             "/connections",
             {
                 "connection_id": "gemini_default",
-                "conn_type": "gemini_exchange",
+                "conn_type": "geminiexchange",
                 "login": exchange.api_key,
                 "password": exchange.api_secret,
                 "host": exchange.url,
@@ -100,3 +100,37 @@ def test_unpausing_a_scheduled_dag_long_after_its_slot_cancels_nothing(
     assert exchange.journal[sent:] == [], "the late scheduled run sent requests"
     assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
     print(f"{dag_id}: scheduled run for {finished['run_after']} skipped; states {states}")
+
+
+def test_a_backfill_of_the_sweep_cancels_nothing_today(airflow: Deployment, exchange: GeminiExchange) -> None:
+    """The trigger form's "Backfill" beside "Single Run": past dates must not act on today's book."""
+    assert exchange.api_key is not None
+    dag_id = "gemini_cancel_stale_orders"
+    old = int(time.time() * 1000) - 3 * HOUR_MS
+    live = [str(exchange.place_order(exchange.api_key, timestampms=old)["order_id"]) for _ in range(2)]
+    sent = len(exchange.journal)
+    now = time.time()
+    # Any three days hold a weekday slot (15:45 New York, Monday to Friday).
+    window = {
+        "dag_id": dag_id,
+        "from_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 4 * 86400)),
+        "to_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 86400)),
+    }
+    # The scheduler starts no run of a paused DAG, backfills included; unpausing alone skips (above).
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": False}).status_code == 200
+    created = airflow.request("POST", "/backfills", window)
+    assert created.status_code == 200, created.text
+    deadline = time.monotonic() + 240
+    while True:
+        runs = airflow.request("GET", f"/dags/{dag_id}/dagRuns?run_type=backfill").json()["dag_runs"]
+        if runs and all(run["state"] in ("success", "failed") for run in runs):
+            break
+        assert time.monotonic() < deadline, ([run["state"] for run in runs], airflow.logs("scheduler"))
+        time.sleep(1)
+    for run in runs:
+        states = airflow.task_states(dag_id, run["dag_run_id"])
+        assert states["cancel_stale_orders"] == "skipped", (run, states)
+    assert all(exchange.order(oid)["is_live"] for oid in live)
+    assert exchange.journal[sent:] == [], "a backfill run sent requests"
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
+    print(f"backfill of {dag_id}: {len(runs)} run(s), every one skipped, nothing sent")

@@ -63,7 +63,7 @@ def test_cancel_task_against_a_hung_exchange_fails_retryably_after_the_configure
     pass's cancel give up after max_attempts, later passes stop at the run's deadline, the report says
     why, and Airflow may retry the task."""
     conn = {
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": API_KEY,
         "password": API_SECRET,
         "host": hung_server.url,

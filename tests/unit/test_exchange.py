@@ -551,7 +551,7 @@ def test_marker_configures_the_fixture_and_connection(
     assert gemini_connection == "gemini_default"
     conn = json.loads(os.environ["AIRFLOW_CONN_GEMINI_DEFAULT"])
     assert conn == {
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": "account-t",
         "password": "s",
         "host": gemini_exchange.url,

@@ -24,7 +24,7 @@ ORDER_ID = "9007199254740993"
 def hanging_exchange(monkeypatch: pytest.MonkeyPatch) -> Iterator[TrickleServer]:
     server = TrickleServer("head")
     conn = {
-        "conn_type": "gemini_exchange",
+        "conn_type": "geminiexchange",
         "login": API_KEY,
         "password": SECRET,
         "host": server.url,

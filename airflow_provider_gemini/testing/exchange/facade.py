@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from airflow_provider_gemini import CONN_TYPE
+
 from .book import DEMO_BOOK, FIRST_ORDER_ID, Book
 from .clock import Clock, check_offset
 from .dispatch import Dispatcher
@@ -161,7 +163,7 @@ class GeminiExchange:
         if key is None:
             raise ValueError("api_key: not registered with this exchange (add_key first)")
         conn: dict[str, Any] = {
-            "conn_type": "gemini_exchange",
+            "conn_type": CONN_TYPE,
             "login": key.api_key,
             "password": key.secret.decode(),
             "host": self.url,
