@@ -1,4 +1,5 @@
 """The example DAGs in a running Airflow: the scheduler creates runs, LocalExecutor runs the tasks,
+the triggerer runs the deferred sensor,
 the REST API triggers and reads them, as a data-platform pipeline would.
 
 One deployment serves the module (it takes seconds to start); the exchange runs in this process on
@@ -7,6 +8,7 @@ One deployment serves the module (it takes seconds to start); the exchange runs 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.timeout(300)
 
 HOUR_MS = 3_600_000
 DAG_IDS = ("gemini_cancel_order", "gemini_cancel_stale_orders", "gemini_end_of_session")
+SENSOR_DAG, SENSOR_TASK = "gemini_sensor_deferrable_watch", "wait_cancelled"
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,12 @@ def exchange() -> Iterator[GeminiExchange]:
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory: pytest.TempPathFactory, exchange: GeminiExchange) -> Iterator[Deployment]:
     home = tmp_path_factory.mktemp("airflow_home")
-    deployment = Deployment(
-        home, REPO_ROOT / "dags", ["api-server", "scheduler", "dag-processor", "triggerer"]
-    )
+    # The shipped example DAGs, plus the deferrable sensor DAG the triggerer test runs.
+    dags = tmp_path_factory.mktemp("dags")
+    for dag_file in (REPO_ROOT / "dags").glob("*.py"):
+        shutil.copy(dag_file, dags)
+    shutil.copy(REPO_ROOT / "tests" / "integration" / "dags" / "sensor_deferrable.py", dags)
+    deployment = Deployment(home, dags, ["api-server", "scheduler", "dag-processor", "triggerer"])
     try:
         created = deployment.request(
             "POST",
@@ -50,7 +56,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, exchange: GeminiExchange) 
             },
         )
         assert created.status_code == 201, created.text
-        for dag_id in DAG_IDS:
+        for dag_id in (*DAG_IDS, SENSOR_DAG):
             deployment.wait_for_dag(dag_id)
         yield deployment
     finally:
@@ -134,3 +140,59 @@ def test_a_backfill_of_the_sweep_cancels_nothing_today(airflow: Deployment, exch
     assert exchange.journal[sent:] == [], "a backfill run sent requests"
     assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
     print(f"backfill of {dag_id}: {len(runs)} run(s), every one skipped, nothing sent")
+
+
+def wait_for_state(airflow: Deployment, run_id: str, state: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = airflow.task_states(SENSOR_DAG, run_id).get(SENSOR_TASK)
+        if seen == state:
+            return
+        assert seen not in ("success", "failed", "upstream_failed"), f"{SENSOR_TASK} ended {seen}"
+        time.sleep(0.5)
+    raise AssertionError(f"{SENSOR_TASK} never reached {state} (last {seen}):\n{airflow.logs('scheduler')}")
+
+
+def test_a_deferred_sensor_waits_in_the_triggerer_and_resumes_when_the_orders_go(
+    airflow: Deployment, exchange: GeminiExchange
+) -> None:
+    assert exchange.api_key is not None
+    ids = [str(exchange.place_order(exchange.api_key)["order_id"]) for _ in range(2)]
+    cancels = exchange.count("/v1/order/cancel")
+    assert airflow.request("PATCH", f"/dags/{SENSOR_DAG}", {"is_paused": False}).status_code == 200
+    run = airflow.request(
+        "POST", f"/dags/{SENSOR_DAG}/dagRuns", {"logical_date": None, "conf": {"order_ids": ids}}
+    )
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+
+    wait_for_state(airflow, run_id, "deferred")
+    # The triggerer polls while the task holds no worker: the orders are still live, and the
+    # exchange keeps answering status requests for them.
+    polled = exchange.count("/v1/orders") + exchange.count("/v1/order/status")
+    deadline = time.monotonic() + 60
+    while exchange.count("/v1/orders") + exchange.count("/v1/order/status") == polled:
+        assert time.monotonic() < deadline, f"the triggerer never polled:\n{airflow.logs('triggerer')}"
+        time.sleep(0.5)
+    assert airflow.task_states(SENSOR_DAG, run_id)[SENSOR_TASK] == "deferred"
+    assert all(exchange.order(oid)["is_live"] for oid in ids)
+    # The API names the trigger the task waits on and the triggerer job running it.
+    ti = airflow.request("GET", f"/dags/{SENSOR_DAG}/dagRuns/{run_id}/taskInstances/{SENSOR_TASK}").json()
+    assert ti["trigger"]["classpath"].endswith("GeminiOrderStatusTrigger"), ti["trigger"]
+    assert ti["triggerer_job"]["job_type"] == "TriggererJob", ti["triggerer_job"]
+
+    for oid in ids:
+        exchange.cancel_by_exchange(oid, reason="Requested")
+    finished = airflow.wait_for_run(SENSOR_DAG)
+    assert (finished["dag_run_id"], finished["state"]) == (run_id, "success"), airflow.logs("triggerer")
+    report = airflow.xcom(SENSOR_DAG, run_id, SENSOR_TASK)
+    # The sensor only watched: the cancels came from elsewhere, so they are already_cancelled.
+    assert (report["already_cancelled"], report["cancelled"], report["failed"]) == (ids, [], [])
+    assert exchange.count("/v1/order/cancel") == cancels
+    # The triggerer writes the trigger's own log beside the task's, with the secret in neither.
+    task_dir = airflow.home / "logs" / f"dag_id={SENSOR_DAG}" / f"run_id={run_id}" / f"task_id={SENSOR_TASK}"
+    trigger_log = "".join(f.read_text() for f in task_dir.glob("attempt=1.log.trigger.*.log"))
+    assert "Watching 2 order(s)" in trigger_log and "Trigger fired event" in trigger_log, trigger_log
+    for log in (trigger_log, (task_dir / "attempt=1.log").read_text()):
+        assert str(exchange.api_secret) not in log
