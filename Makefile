@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy --strict $(PKG)
 
 test: lint
-	$(BIN)/pytest -n 3
+	$(BIN)/pytest -n 3 --dist loadgroup
 
 # The fast tier alone (in-process, no Airflow subprocesses): seconds, for the edit-test loop.
 unit: $(VENV)/.installed-test

@@ -1,12 +1,14 @@
 """A real Airflow on 127.0.0.1 for the tests that need one: the pinned version's components as
 processes (api-server, scheduler, dag-processor, triggerer; LocalExecutor on SQLite), each in its own
 process group, stopped by PID. Log servers are off (`--skip-serve-logs`), since they bind every
-interface. Every user is an admin (SimpleAuthManager), so the REST API needs only the free token.
+interface. SimpleAuthManager holds one admin, `USER` with `PASSWORD`: the browser logs in as a user
+would, and the REST API takes the token that login gives.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,6 +29,9 @@ COMPONENTS = {
 }
 
 
+USER, PASSWORD = "desk", "desk-password-for-tests"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -40,6 +45,8 @@ class Deployment:
         self, home: Path, dags: Path, components: Sequence[str], extra: dict[str, str] | None = None
     ):
         self.home = home
+        passwords = home / "passwords.json"
+        passwords.write_text(json.dumps({USER: PASSWORD}))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = airflow_env(
@@ -47,7 +54,8 @@ class Deployment:
             dags,
             {
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -82,7 +90,8 @@ class Deployment:
             for name, proc in self.procs.items():
                 assert proc.poll() is None, f"{name} exited:\n{self.logs(name)}"
             try:
-                answer = requests.get(f"{self.url}/auth/token", timeout=5)
+                login = {"username": USER, "password": PASSWORD}
+                answer = requests.post(f"{self.url}/auth/token", json=login, timeout=5)
                 if answer.status_code in (200, 201):
                     return str(answer.json()["access_token"])
             except requests.ConnectionError:
@@ -108,11 +117,12 @@ class Deployment:
             time.sleep(1)
         raise AssertionError(f"{dag_id} never appeared:\n{self.logs('dag-processor')}")
 
-    def wait_for_run(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
-        """The latest run of `dag_id` once it has finished (success or failed)."""
+    def wait_for_run(self, dag_id: str, run_type: str | None = None, timeout: float = 180) -> dict[str, Any]:
+        """The latest run of `dag_id` (of `run_type`, if given) once it has finished (success or failed)."""
+        query = "order_by=-run_after&limit=1" + (f"&run_type={run_type}" if run_type else "")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            runs = self.request("GET", f"/dags/{dag_id}/dagRuns?order_by=-run_after&limit=1").json()
+            runs = self.request("GET", f"/dags/{dag_id}/dagRuns?{query}").json()
             if runs.get("dag_runs") and runs["dag_runs"][0]["state"] in ("success", "failed"):
                 return dict(runs["dag_runs"][0])
             time.sleep(0.5)

@@ -1,66 +1,33 @@
 """The example DAGs in a running Airflow: the scheduler creates runs, LocalExecutor runs the tasks,
-the triggerer runs the deferred sensor,
-the REST API triggers and reads them, as a data-platform pipeline would.
+the triggerer runs the deferred sensor, the REST API triggers and reads them, as a data-platform
+pipeline would.
 
-One deployment serves the module (it takes seconds to start); the exchange runs in this process on
-127.0.0.1 and the connection is created through the REST API. Figures are printed for the notes.
+The deployment and its exchange are the session's (conftest.py). Figures are printed for the notes.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 
 import pytest
 from deployment import Deployment
-from helpers import REPO_ROOT
 
-from airflow_provider_gemini.testing.exchange import DEFAULT_API_KEY, DEFAULT_API_SECRET, GeminiExchange
+from airflow_provider_gemini.testing.exchange import GeminiExchange
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("deployment")]
 
 HOUR_MS = 3_600_000
-DAG_IDS = ("gemini_cancel_order", "gemini_cancel_stale_orders", "gemini_end_of_session")
 SENSOR_DAG, SENSOR_TASK = "gemini_sensor_deferrable_watch", "wait_cancelled"
 
 
-@pytest.fixture(scope="module")
-def exchange() -> Iterator[GeminiExchange]:
-    ex = GeminiExchange()
-    ex.add_key(DEFAULT_API_KEY, DEFAULT_API_SECRET, ("Trader",), "counter", ("primary",), False)
-    ex.start()
-    yield ex
-    ex.stop()
+@pytest.fixture
+def exchange(deployed_exchange: GeminiExchange) -> GeminiExchange:
+    return deployed_exchange
 
 
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory, exchange: GeminiExchange) -> Iterator[Deployment]:
-    home = tmp_path_factory.mktemp("airflow_home")
-    # The shipped example DAGs, plus the deferrable sensor DAG the triggerer test runs.
-    dags = tmp_path_factory.mktemp("dags")
-    for dag_file in (REPO_ROOT / "dags").glob("*.py"):
-        shutil.copy(dag_file, dags)
-    shutil.copy(REPO_ROOT / "tests" / "integration" / "dags" / "sensor_deferrable.py", dags)
-    deployment = Deployment(home, dags, ["api-server", "scheduler", "dag-processor", "triggerer"])
-    try:
-        created = deployment.request(
-            "POST",
-            "/connections",
-            {
-                "connection_id": "gemini_default",
-                "conn_type": "geminiexchange",
-                "login": exchange.api_key,
-                "password": exchange.api_secret,
-                "host": exchange.url,
-            },
-        )
-        assert created.status_code == 201, created.text
-        for dag_id in (*DAG_IDS, SENSOR_DAG):
-            deployment.wait_for_dag(dag_id)
-        yield deployment
-    finally:
-        deployment.stop()
+@pytest.fixture
+def airflow(deployed_airflow: Deployment) -> Deployment:
+    return deployed_airflow
 
 
 def test_a_rest_triggered_cancel_runs_through_the_scheduler(
@@ -97,7 +64,7 @@ def test_unpausing_a_scheduled_dag_long_after_its_slot_cancels_nothing(
     live = [str(exchange.place_order(exchange.api_key, timestampms=old)["order_id"]) for _ in range(3)]
     sent = len(exchange.journal)
     assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": False}).status_code == 200
-    finished = airflow.wait_for_run(dag_id)
+    finished = airflow.wait_for_run(dag_id, run_type="scheduled")
     states = airflow.task_states(dag_id, finished["dag_run_id"])
     assert finished["run_type"] == "scheduled", finished
     first = "cancel_stale_orders" if dag_id == "gemini_cancel_stale_orders" else "cancel_session_orders"
@@ -140,6 +107,51 @@ def test_a_backfill_of_the_sweep_cancels_nothing_today(airflow: Deployment, exch
     assert exchange.journal[sent:] == [], "a backfill run sent requests"
     assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
     print(f"backfill of {dag_id}: {len(runs)} run(s), every one skipped, nothing sent")
+
+
+def trigger(airflow: Deployment, dag_id: str, conf: dict[str, object]) -> tuple[dict[str, object], float]:
+    """Trigger `dag_id` through the REST API as a pipeline would; its finished run and the seconds taken."""
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": False}).status_code == 200
+    began = time.monotonic()
+    run = airflow.request("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+    assert run.status_code == 200, run.text
+    finished = airflow.wait_for_run(dag_id)
+    seconds = time.monotonic() - began
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
+    assert (finished["dag_run_id"], finished["state"]) == (run.json()["dag_run_id"], "success"), airflow.logs(
+        "scheduler"
+    )
+    return finished, seconds
+
+
+def test_a_manual_run_of_the_stale_sweep_acts_now(airflow: Deployment, exchange: GeminiExchange) -> None:
+    """Manual and REST-triggered runs act when asked, whatever the time of day: only late scheduled
+    runs skip. (After the unpause tests: unpausing here would start the late slot first.)"""
+    assert exchange.api_key is not None
+    old = int(time.time() * 1000) - 3 * HOUR_MS
+    stale = [str(exchange.place_order(exchange.api_key, timestampms=old)["order_id"]) for _ in range(2)]
+    fresh = str(exchange.place_order(exchange.api_key)["order_id"])
+    finished, seconds = trigger(airflow, "gemini_cancel_stale_orders", {"max_age_minutes": 60})
+    assert finished["run_type"] == "manual"
+    report = airflow.xcom("gemini_cancel_stale_orders", str(finished["dag_run_id"]), "cancel_stale_orders")
+    assert set(stale) <= set(report["cancelled"]) and fresh not in report["cancelled"]
+    assert all(exchange.order(oid)["is_cancelled"] for oid in stale) and exchange.order(fresh)["is_live"]
+    exchange.cancel_by_exchange(fresh, reason="Requested")
+    print(f"gemini_cancel_stale_orders: trigger to success in {seconds:.1f} s")
+
+
+def test_a_manual_run_of_end_of_session_cancels_the_session(
+    airflow: Deployment, exchange: GeminiExchange
+) -> None:
+    assert exchange.api_key is not None
+    ids = [str(exchange.place_order(exchange.api_key)["order_id"]) for _ in range(3)]
+    finished, seconds = trigger(airflow, "gemini_end_of_session", {})
+    report = airflow.xcom("gemini_end_of_session", str(finished["dag_run_id"]), "cancel_session_orders")
+    assert set(ids) <= set(report["cancelled"])
+    assert all(exchange.order(oid)["is_cancelled"] for oid in ids)
+    checked = airflow.xcom("gemini_end_of_session", str(finished["dag_run_id"]), "check_session_cancelled")
+    assert checked["still_live"] == []
+    print(f"gemini_end_of_session: trigger to success in {seconds:.1f} s")
 
 
 def wait_for_state(airflow: Deployment, run_id: str, state: str, timeout: float = 120) -> None:
