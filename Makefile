@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PKG := airflow_provider_gemini
 LINTED := $(PKG) $(wildcard tests dags bench scripts)
 
-.PHONY: demo test unit lint bench clean
+.PHONY: demo test unit lint bench clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy --strict $(PKG)
 
-test: lint
+# Debian packages a test tier needs (Chromium for the browser tests); a no-op once installed.
+system-packages:
+	sh scripts/install-system-packages.sh
+
+test: lint system-packages
 	$(BIN)/pytest -n 3 --dist loadgroup
 
 # The fast tier alone (in-process, no Airflow subprocesses): seconds, for the edit-test loop.
