@@ -1,4 +1,5 @@
-"""Signing of private requests and the nonce sources (counter and time modes)."""
+"""How a private request proves who sends it: HMAC signing with an API key and its nonce sources
+(counter and time modes), or an OAuth bearer token (see oauth.py); both behind `RequestAuth`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from airflow_provider_gemini.state import StateFile, state_dir
 
@@ -32,6 +33,19 @@ def _json_default(value: object) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
 
 
+def encode_payload(path: str, fields: Mapping[str, Any] | None, nonce: int | str | None = None) -> bytes:
+    """The base64 text of X-GEMINI-PAYLOAD: `request`, the nonce when there is one, then the fields."""
+    payload: dict[str, Any] = {"request": path} if nonce is None else {"request": path, "nonce": nonce}
+    if fields:
+        if "request" in fields or "nonce" in fields:
+            raise ValueError("fields: 'request' and 'nonce' are set by the signer, not by the caller")
+        payload.update(fields)
+    return base64.b64encode(_ENCODER.encode(payload).encode())
+
+
+_BODYLESS = {"Content-Type": "text/plain", "Content-Length": "0", "Cache-Control": "no-cache"}
+
+
 def build_private_headers(
     api_key: str,
     api_secret: str | bytes,
@@ -40,21 +54,61 @@ def build_private_headers(
     fields: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The headers of a signed private request: the payload travels base64 in X-GEMINI-PAYLOAD."""
-    payload: dict[str, Any] = {"request": path, "nonce": nonce}
-    if fields:
-        if "request" in fields or "nonce" in fields:
-            raise ValueError("fields: 'request' and 'nonce' are set by the signer, not by the caller")
-        payload.update(fields)
-    encoded = base64.b64encode(_ENCODER.encode(payload).encode())
+    encoded = encode_payload(path, fields, nonce)
     secret = api_secret.encode() if isinstance(api_secret, str) else api_secret
     return {
         "X-GEMINI-APIKEY": api_key,
         "X-GEMINI-PAYLOAD": encoded.decode("ascii"),
         "X-GEMINI-SIGNATURE": hmac.new(secret, encoded, hashlib.sha384).hexdigest(),
-        "Content-Type": "text/plain",
-        "Content-Length": "0",
-        "Cache-Control": "no-cache",
+        **_BODYLESS,
     }
+
+
+def build_oauth_headers(
+    access_token: str, path: str, fields: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The headers of an OAuth request: `Authorization: Bearer` and the payload, no nonce, no signature."""
+    return {
+        "Authorization": f"Bearer {access_token}",
+        "X-GEMINI-PAYLOAD": encode_payload(path, fields).decode("ascii"),
+        **_BODYLESS,
+    }
+
+
+class RequestAuth(Protocol):
+    """What the client needs of an auth mode: headers for one attempt, and what to do on a 401."""
+
+    @property
+    def identity(self) -> str:
+        """Who sends (the key, or the OAuth client id): the rate budget is shared per identity."""
+        ...
+
+    def headers(self, path: str, fields: Mapping[str, Any]) -> tuple[dict[str, str], object]:
+        """The headers of one attempt, and a handle on the credential they carry (for `renew`)."""
+        ...
+
+    def renew(self, used: object) -> bool:
+        """After a 401 to headers carrying `used`: True if new credentials are in place to resend with."""
+        ...
+
+
+class KeyAuth:
+    """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time."""
+
+    def __init__(self, api_key: str, api_secret: bytes, nonce: Callable[[], int]) -> None:
+        self._api_key = api_key
+        self._secret = api_secret
+        self._nonce = nonce
+
+    @property
+    def identity(self) -> str:
+        return self._api_key
+
+    def headers(self, path: str, fields: Mapping[str, Any]) -> tuple[dict[str, str], object]:
+        return build_private_headers(self._api_key, self._secret, path, self._nonce(), fields), None
+
+    def renew(self, used: object) -> bool:
+        return False  # a key does not change: a 401 is final
 
 
 def nonce_file_name(api_key: str) -> str:

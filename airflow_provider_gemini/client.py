@@ -1,4 +1,5 @@
-"""GeminiClient: signed private requests over one keep-alive session, paced and retried. No Airflow."""
+"""GeminiClient: private requests (API key or OAuth) over one keep-alive session, paced and retried.
+No Airflow."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from airflow_provider_gemini.arguments import (
     parse_positive,
     parse_positive_int,
 )
-from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
-from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
+from airflow_provider_gemini.auth import NONCE_MODES, KeyAuth, RequestAuth, nonce_source
+from airflow_provider_gemini.exceptions import (
+    ERROR_CLASSES,
+    GeminiError,
+    MissingScopeError,
+    ServiceError,
+    error_from_response,
+)
 from airflow_provider_gemini.models import CancelAllResult, Order, Roles
+from airflow_provider_gemini.oauth import REQUIRED_SCOPE, BearerAuth, OAuthSession
 from airflow_provider_gemini.retrying import (
     NONCE_EXTRA_ATTEMPTS,
     retry_if_safe_to_repeat,
@@ -32,7 +40,7 @@ from airflow_provider_gemini.retrying import (
     stop_at_call_deadline,
     wait_for_gemini,
 )
-from airflow_provider_gemini.transport import Failure, ServerClock, open_session, send
+from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send
 
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
@@ -163,13 +171,17 @@ class GeminiClient:
     `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
     drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
     of the exchange's clock from ours, learnt from the Date header of every answer.
+
+    Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
+    tokens, no nonce, the token refreshed before it expires and once more after a 401).
     """
 
     def __init__(
         self,
-        api_key: str,
-        api_secret: str,
+        api_key: str | None = None,
+        api_secret: str | None = None,
         *,
+        oauth: OAuthSession | None = None,
         base_url: str = PRODUCTION_URL,
         account: str | None = None,
         nonce_mode: str = "counter",
@@ -181,10 +193,16 @@ class GeminiClient:
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
-        if not isinstance(api_key, str) or api_key.split() != [api_key]:
-            raise ValueError("api_key: expected a non-empty key without whitespace")
-        if not isinstance(api_secret, str) or not api_secret:
-            raise ValueError("api_secret: expected a non-empty string")
+        if oauth is not None:
+            if api_key is not None or api_secret is not None:
+                raise ValueError("api_key, api_secret: not used with oauth; give one auth mode")
+            if not isinstance(oauth, OAuthSession):
+                raise ValueError(f"oauth: expected an OAuthSession, got {type(oauth).__name__}")
+        else:
+            if not isinstance(api_key, str) or api_key.split() != [api_key]:
+                raise ValueError("api_key: expected a non-empty key without whitespace")
+            if not isinstance(api_secret, str) or not api_secret:
+                raise ValueError("api_secret: expected a non-empty string")
         if nonce_mode not in NONCE_MODES:
             raise ValueError(f"nonce_mode: expected 'counter' or 'time', got {nonce_mode!r}")
         if account is not None and (not isinstance(account, str) or not account.strip()):
@@ -196,21 +214,26 @@ class GeminiClient:
         self.call_timeout = parse_positive(call_timeout, "call_timeout")
         self.max_attempts = parse_positive_int(max_attempts, "max_attempts")
         burst = parse_positive_int(burst, "burst")
+        self.oauth = oauth
+        self._auth: RequestAuth
+        if oauth is not None:
+            self._auth = BearerAuth(oauth, self._token_request)
+            self._is_master = False
+        else:
+            assert api_key is not None and api_secret is not None
+            self._auth = KeyAuth(api_key, api_secret.encode(), nonce_source(nonce_mode, api_key))
+            self._is_master = api_key.startswith("master-")
         self._limiter = (
             None
             if rate_limit_per_minute is None
             else _shared_limiter(
-                api_key,
+                self._auth.identity,
                 parse_positive(rate_limit_per_minute, "rate_limit_per_minute"),
                 burst,
                 sleep=sleep,
                 clock=clock,
             )
         )
-        self._api_key = api_key
-        self._secret = api_secret.encode()
-        self._is_master = api_key.startswith("master-")
-        self._nonce = nonce_source(nonce_mode, api_key)
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self.stats = ClientStats()
@@ -226,7 +249,9 @@ class GeminiClient:
         )
 
     def __repr__(self) -> str:
-        return f"GeminiClient(base_url={self.base_url!r}, api_key={_masked(self._api_key)!r})"
+        if self.oauth is not None:
+            return f"GeminiClient(base_url={self.base_url!r}, oauth={self.oauth.label!r})"
+        return f"GeminiClient(base_url={self.base_url!r}, api_key={_masked(self._auth.identity)!r})"
 
     def __enter__(self) -> GeminiClient:
         return self
@@ -254,28 +279,88 @@ class GeminiClient:
     def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
         if self._limiter is not None:
             self._limiter.acquire()
+        headers, credential = self._auth.headers(path, fields)
+        answer = self._exchange(path, self.base_url + path, headers, None, deadline)
+        if answer.status == 401 and self._auth.renew(credential):
+            # OAuth: Gemini refused the access token (revoked, expired early): refresh once, resend.
+            headers, _ = self._auth.headers(path, fields)
+            answer = self._exchange(path, self.base_url + path, headers, None, deadline)
+        return self._decoded(path, answer)
+
+    def _exchange(
+        self, label: str, url: str, headers: Mapping[str, str], body: bytes | None, deadline: float
+    ) -> Answer:
+        """One HTTP exchange within this attempt's time: an Answer, or a ServiceError for no answer."""
         seconds = min(self.timeout, deadline - self._clock())
         if seconds <= 0.0:
-            raise self._timeout_error(path, 0.0)
-        headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
+            raise self._timeout_error(label, 0.0)
         session = self._session or self._open_session()
         self.stats.count_request()
-        answer = send(session, self.base_url + path, headers, seconds)
+        answer = send(session, url, headers, seconds, body)
         if isinstance(answer, Failure):
             # send() returns rather than raises, so no requests exception (it holds the prepared
             # request, signed headers included) rides along as this error's __cause__ or __context__.
             if answer.timed_out:
-                raise self._timeout_error(path, seconds)
-            message = f"{path}: connection to {self.base_url} failed ({answer.error})"
-            raise ServiceError(message, reason="ConnectionError")
-        self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
+                raise self._timeout_error(label, seconds)
+            host = url.split("/", 3)[2] if "://" in url else url
+            raise ServiceError(
+                f"{label}: connection to {host} failed ({answer.error})", reason="ConnectionError"
+            )
+        if url.startswith(self.base_url):
+            self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
+        return answer
+
+    def _decoded(self, path: str, answer: Answer) -> Any:
         status = answer.status
         if not 200 <= status < 300:
-            raise error_from_response(status, answer.headers, answer.body)
+            error = error_from_response(status, answer.headers, answer.body)
+            if self.oauth is not None and error.kind == "missing_role":
+                # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
+                needed = REQUIRED_SCOPE.get(path, "a scope")
+                raise MissingScopeError(
+                    f"{path} needs the OAuth scope {needed}, which the token of connection "
+                    f"{self.oauth.label!r} lacks: {error.message}",
+                    reason=error.reason,
+                    status=status,
+                ) from None
+            raise error
         try:
             return decode_json(answer.body)
         except ValueError:
             raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+
+    def _token_request(self, fields: Mapping[str, str]) -> Any:
+        """POST a grant to the OAuth token endpoint (JSON body, as Gemini documents), with the same
+        deadline, retries and error mapping as any request."""
+        assert self.oauth is not None
+        body = json.dumps(dict(fields)).encode()
+        # A retrying of its own: the token request may run inside an attempt of the outer call.
+        retrying = self._retrying.copy()
+        return retrying(self._token_attempt, "/auth/token", body, self._clock() + self.call_timeout)
+
+    def _token_attempt(self, label: str, body: bytes, deadline: float) -> Any:
+        assert self.oauth is not None
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Cache-Control": "no-cache",
+        }
+        answer = self._exchange(label, self.oauth.token_url, headers, body, deadline)
+        if not 200 <= answer.status < 300:
+            error = error_from_response(answer.status, answer.headers, answer.body)
+            # Name the connection: the token endpoint's own words say nothing of which one failed.
+            raise ERROR_CLASSES[error.kind](
+                f"OAuth connection {self.oauth.label!r}: {label} refused: {error.message}",
+                reason=error.reason,
+                status=error.status,
+                retry_after=error.retry_after,
+            ) from None
+        try:
+            return decode_json(answer.body)
+        except ValueError:
+            raise ServiceError(
+                f"{label}: answer is not JSON", status=answer.status, reason="InvalidJson"
+            ) from None
 
     def _timeout_error(self, path: str, seconds: float) -> ServiceError:
         """The error for an attempt cut short: by its own `timeout`, or by the call's deadline."""

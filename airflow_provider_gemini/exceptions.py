@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 _MAX_MESSAGE_CHARS = 300
 
-_KEY_LEVEL_KINDS = frozenset({"invalid_signature", "missing_role", "terms_required", "missing_nonce"})
+_KEY_LEVEL_KINDS = frozenset(
+    {"invalid_signature", "missing_role", "terms_required", "missing_nonce", "missing_scope", "invalid_grant"}
+)
 _KEY_LEVEL_REASONS = frozenset(
     {
         "InvalidApiKey",
@@ -35,6 +37,8 @@ _HINTS = {
     "InvalidSignature": "the API secret does not match the key",
     "MissingApikeyHeader": "the request carried no API key",
     "ApiKeyIpFilteringFailure": "the key's IP allow list does not hold this host's address",
+    "invalid_client": "the OAuth client_id (login) or client_secret (password) is wrong",
+    "InvalidClient": "the OAuth client_id (login) or client_secret (password) is wrong",
 }
 
 UNSAFE_TO_REPEAT = ("/v1/order/new", "/v1/withdraw")
@@ -187,6 +191,28 @@ class InvalidRequestError(GeminiError):
     kind = "invalid_request"
 
 
+class MissingScopeError(GeminiError):
+    """The OAuth access token lacks the scope the endpoint needs (orders:create to cancel,
+    orders:read to list or read a status). Raised before sending when the token's scopes are known."""
+
+    kind = "missing_scope"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class InvalidGrantError(GeminiError):
+    """The token endpoint refused the refresh token (or code): revoked, already used, or unknown.
+    Nothing but a new authorization fixes it, so it is never retried."""
+
+    kind = "invalid_grant"
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 ERROR_CLASSES: dict[str, type[GeminiError]] = {
     cls.kind: cls
     for cls in (
@@ -202,6 +228,8 @@ ERROR_CLASSES: dict[str, type[GeminiError]] = {
         NotFoundError,
         ServiceError,
         InvalidRequestError,
+        MissingScopeError,
+        InvalidGrantError,
     )
 }
 
@@ -225,6 +253,17 @@ _KIND_BY_REASON: dict[str, str] = {
     "Maintenance": "service_error",
     "System": "service_error",
     "EndpointNotFound": "not_found",
+    # OAuth: RFC 6749 error codes and Gemini-style reasons alike (Gemini does not document which).
+    "invalid_grant": "invalid_grant",
+    "InvalidGrant": "invalid_grant",
+    "invalid_client": "invalid_signature",
+    "InvalidClient": "invalid_signature",
+    "unauthorized_client": "invalid_signature",
+    "MissingScope": "missing_scope",
+    "InsufficientScope": "missing_scope",
+    "insufficient_scope": "missing_scope",
+    "InvalidToken": "invalid_signature",
+    "invalid_token": "invalid_signature",
 }
 
 
@@ -293,7 +332,7 @@ def error_from_response(
         raw_reason = data.get("reason") or data.get("error")
         if isinstance(raw_reason, str) and raw_reason:
             reason = raw_reason
-        raw_message = data.get("message")
+        raw_message = data.get("message") or data.get("error_description")  # the latter: RFC 6749
         if isinstance(raw_message, str):
             message = raw_message
     elif text.strip():

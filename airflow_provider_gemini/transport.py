@@ -233,8 +233,11 @@ class Failure:
 _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
-def send(session: requests.Session, url: str, headers: Mapping[str, str], seconds: float) -> Answer | Failure:
-    """POST `headers` (empty body) to `url` and read the whole answer within `seconds` of now.
+def send(
+    session: requests.Session, url: str, headers: Mapping[str, str], seconds: float, body: bytes | None = None
+) -> Answer | Failure:
+    """POST `headers` (and `body`; Gemini's private endpoints take none) to `url` and read the whole
+    answer within `seconds` of now.
 
     Never raises for a transport problem: it returns a Failure, so no requests exception (holding the
     prepared request, signed headers included) can travel on as an error's cause or context.
@@ -246,7 +249,9 @@ def send(session: requests.Session, url: str, headers: Mapping[str, str], second
     response: requests.Response | None = None
     try:
         sent_at = time.time()
-        response = session.post(url, headers=headers, timeout=seconds, allow_redirects=False, stream=True)
+        response = session.post(
+            url, headers=headers, data=body, timeout=seconds, allow_redirects=False, stream=True
+        )
         received_at = time.time()
         chunks: list[bytes] = []
         for chunk in response.iter_content(BODY_CHUNK_BYTES):

@@ -179,6 +179,9 @@ def test_every_kind_has_its_class() -> None:
         "not_found",
         "service_error",
         "invalid_request",
+        # The provider's own, for OAuth: a token without the endpoint's scope, a refused refresh token.
+        "missing_scope",
+        "invalid_grant",
     }
     for kind, cls in ERROR_CLASSES.items():
         assert issubclass(cls, GeminiError) and cls.kind == kind

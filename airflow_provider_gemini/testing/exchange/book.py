@@ -13,6 +13,7 @@ from typing import Any, cast
 from .clock import Clock
 from .records import Reject, as_int
 
+PERPETUALS_SUFFIX = "perp"  # btcgusdperp, ethgusdperp: Gemini's perpetuals symbols
 FIRST_ORDER_ID = 9007199254740993  # 2**53 + 1: the first id a float cannot hold
 OPTION_CANCEL_REASON = {
     "immediate-or-cancel": "ImmediateOrCancelWouldPost",
@@ -122,14 +123,16 @@ class Order:
 
 class Book:
     """Every order of every account, by id; plus the markets closed to new orders, the orders that
-    cancel/all and cancel/session refuse to cancel, and the raw rows /v1/orders lists after the
-    live orders (for an account, or None: every account)."""
+    cancel/all and cancel/session refuse to cancel, the raw rows /v1/orders lists after the
+    live orders (for an account, or None: every account), and the perpetuals accounts (the only
+    ones that hold `...perp` orders, and that hold nothing else)."""
 
     def __init__(self, first_order_id: int, clock: Clock) -> None:
         self.orders: dict[int, Order] = {}
         self.closed_markets: set[str] = set()
         self.reject_cancels: set[int] = set()
         self.listing_rows: list[tuple[str | None, Any]] = []
+        self.perpetuals_accounts: set[str] = set()
         self._clock = clock
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._next_id = first_order_id
@@ -239,6 +242,12 @@ class Book:
         symbol = str(p["symbol"]).lower()
         if not (symbol.isascii() and symbol.isalnum() and 6 <= len(symbol) <= 12):
             raise Reject(400, "InvalidSymbol", f"Unknown symbol {p['symbol']!r}")
+        perpetual = symbol.endswith(PERPETUALS_SUFFIX)
+        if perpetual != (account in self.perpetuals_accounts):
+            where = "a perpetuals account" if perpetual else "a spot account"
+            raise Reject(
+                400, "InvalidSymbol", f"{symbol} trades only on {where}; account {account!r} is not one"
+            )
         side = p["side"]
         if side not in ("buy", "sell"):
             raise Reject(400, "InvalidSide", f"side must be 'buy' or 'sell', not {side!r}")

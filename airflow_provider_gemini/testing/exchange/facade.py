@@ -18,6 +18,7 @@ from .clock import Clock, check_offset
 from .dispatch import Dispatcher
 from .faults import RANDOM_FAULT_KINDS, Faults, Maintenance
 from .journal import Journal, JournalEntry
+from .oauth import DEFAULT_ACCESS_TOKEN_LIFETIME, OAuthServer, check_error_style
 from .records import Reject
 from .rules import Key, TokenBucket, make_key, silent_sessions
 from .server import Server
@@ -29,7 +30,9 @@ class GeminiExchange:
     `rate_limit_per_minute=None` turns the per-key token bucket off; `burst` is its capacity.
     `heartbeat_timeout` is the default silence (seconds) after which a "require heartbeat" key's
     session orders are cancelled. `clock_offset` (seconds) sets the exchange's clock ahead of the
-    host's (or behind, if negative). Every public method is thread-safe.
+    host's (or behind, if negative). `access_token_lifetime` (seconds) is how long OAuth access
+    tokens last, `oauth_error_style` ("oauth" or "gemini") the shape of a refused token request.
+    Every public method is thread-safe.
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class GeminiExchange:
         heartbeat_timeout: float = 30.0,
         journal_limit: int = 200_000,
         clock_offset: float = 0.0,
+        access_token_lifetime: float = DEFAULT_ACCESS_TOKEN_LIFETIME,
+        oauth_error_style: str = "oauth",
     ) -> None:
         if rate_limit_per_minute is not None and rate_limit_per_minute <= 0:
             raise ValueError("rate_limit_per_minute: must be positive, or None to turn the limit off")
@@ -62,8 +67,20 @@ class GeminiExchange:
         self._faults = Faults()
         self._maintenance = Maintenance()
         self._journal = Journal(journal_limit)
+        self._oauth = OAuthServer(
+            _check_lifetime(access_token_lifetime), check_error_style(oauth_error_style)
+        )
         self._dispatcher = Dispatcher(
-            self._lock, self._keys, self._book, self._faults, self._maintenance, self._journal, self._clock
+            self._lock,
+            self._keys,
+            self._book,
+            self._faults,
+            self._maintenance,
+            self._journal,
+            self._clock,
+            self._oauth,
+            self._rate,
+            burst,
         )
         self._server: Server | None = None
         self._threads: list[threading.Thread] = []
@@ -174,6 +191,115 @@ class GeminiExchange:
         if extra:
             conn["extra"] = extra
         return json.dumps(conn)
+
+    # ---- OAuth --------------------------------------------------------------------------------------
+
+    def add_oauth_app(
+        self,
+        client_id: str,
+        client_secret: str,
+        redirect_uri: str = "http://127.0.0.1/callback",
+        account: str = "primary",
+    ) -> None:
+        """Register an OAuth app (a confidential client) that acts for `account` once a user consents."""
+        with self._lock:
+            self._oauth.add_app(client_id, client_secret, redirect_uri, account)
+
+    def authorize(self, client_id: str, scopes: str | Sequence[str], redirect_uri: str | None = None) -> str:
+        """What the user's consent on the authorize page yields: a one-time code for the token endpoint."""
+        with self._lock:
+            app = self._oauth.apps.get(client_id)
+            uri = redirect_uri if redirect_uri is not None else (app.redirect_uri if app else "")
+            return self._oauth.authorize(client_id, scopes, uri, self._clock.time())
+
+    def grant_refresh_token(
+        self, client_id: str, scopes: str | Sequence[str] = "orders:create,orders:read"
+    ) -> str:
+        """Consent and redeem the code at once (test setup): the first refresh token of a new grant.
+        The app's own client must send it to /auth/token to get an access token."""
+        code = self.authorize(client_id, scopes)
+        with self._lock:
+            app = self._oauth.apps[client_id]
+            body = json.dumps(
+                {
+                    "grant_type": "authorization_code",
+                    "client_id": client_id,
+                    "client_secret": app.client_secret,
+                    "code": code,
+                    "redirect_uri": app.redirect_uri,
+                }
+            ).encode()
+            answer, _ = self._oauth.token_answer(body, "application/json", self._clock.time())
+        return str(json.loads(answer.body)["refresh_token"])
+
+    def oauth_connection(self, client_id: str, refresh_token: str, **extra: Any) -> str:
+        """The JSON value of an `AIRFLOW_CONN_...` variable for an OAuth connection to this exchange:
+        login = client_id, password = client secret, the refresh token in the extra. Holds secrets."""
+        with self._lock:
+            app = self._oauth.apps.get(client_id)
+        if app is None:
+            raise ValueError("client_id: not registered with this exchange (add_oauth_app first)")
+        conn = {
+            "conn_type": CONN_TYPE,
+            "login": client_id,
+            "password": app.client_secret,
+            "host": self.url,
+            "extra": {"auth_type": "oauth", "refresh_token": refresh_token, **extra},
+        }
+        return json.dumps(conn)
+
+    def set_access_token_lifetime(self, seconds: float) -> None:
+        """Access tokens issued from now on last `seconds` (on the exchange's clock)."""
+        lifetime = _check_lifetime(seconds)
+        with self._lock:
+            self._oauth.access_token_lifetime = lifetime
+
+    def set_oauth_error_style(self, style: str) -> None:
+        """'oauth': refused grants answer {"error": "invalid_grant", ...}; 'gemini': Gemini's own
+        {"result": "error", "reason": "InvalidGrant", ...}."""
+        checked = check_error_style(style)
+        with self._lock:
+            self._oauth.error_style = checked
+
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far expires now (refresh tokens keep working)."""
+        with self._lock:
+            self._oauth.expire_access_tokens(self._clock.time())
+
+    def revoke_oauth(self, client_id: str | None = None) -> int:
+        """Revoke the grants of one app (None: all), as a user removing the app's access would: its
+        refresh and access tokens stop working. Returns how many grants were revoked."""
+        with self._lock:
+            return self._oauth.revoke(client_id)
+
+    def current_refresh_tokens(self, client_id: str | None = None) -> list[str]:
+        """The refresh tokens that would work now, one per live grant."""
+        with self._lock:
+            return self._oauth.current_refresh_tokens(client_id)
+
+    def oauth_tokens_issued(self) -> list[str]:
+        """Every access and refresh token ever issued (for tests that search logs for them)."""
+        with self._lock:
+            return list(self._oauth.issued)
+
+    def token_scopes(self, access_token: str) -> tuple[str, ...]:
+        """The scopes of an access token (KeyError if unknown)."""
+        with self._lock:
+            return self._oauth.access[access_token].grant.scopes
+
+    def hold_token_requests(self, parties: int = 2, timeout: float = 10.0) -> None:
+        """The next `parties` requests to /auth/token wait for each other (at most `timeout` s), then
+        are answered one by one: two processes refreshing the same token at once, deterministically."""
+        self._dispatcher.hold_token_requests(parties, timeout)
+
+    # ---- perpetuals ----------------------------------------------------------------------------------
+
+    def add_perpetuals_account(self, account: str) -> None:
+        """Make `account` a perpetuals account: it holds `...perp` orders (btcgusdperp) and only those."""
+        if not isinstance(account, str) or not account:
+            raise ValueError(f"account: expected an account nickname, got {account!r}")
+        with self._lock:
+            self._book.perpetuals_accounts.add(account)
 
     # ---- orders from Python ------------------------------------------------------------------------
 
@@ -390,3 +516,9 @@ class GeminiExchange:
             silent = silent_sessions(self._keys.values(), now)
             if silent:
                 self._book.cancel_sessions(silent)
+
+
+def _check_lifetime(seconds: float) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"access_token_lifetime: expected a positive number of seconds, got {seconds!r}")
+    return float(seconds)

@@ -28,6 +28,20 @@ class Reject(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Request:
+    """What the exchange reads of one POST: the path, Gemini's auth headers, and the body (only the
+    OAuth token endpoint has one)."""
+
+    path: str
+    api_key: str | None = None
+    payload: str | None = None
+    signature: str | None = None
+    authorization: str | None = None
+    body: bytes = b""
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Trickle:
     """Send an answer `chunk_bytes` at a time, the pauses between them adding up to `seconds`."""
 

@@ -1,4 +1,5 @@
-"""The /v1 endpoints: one typed `Route` per path, with the roles that may call it and its handler.
+"""The /v1 endpoints: one typed `Route` per path, with the roles (keys) or the scope (OAuth tokens) that
+may call it, and its handler.
 
 Handlers run with the exchange's lock held, after the key, signature, nonce, role and account checks.
 """
@@ -22,6 +23,7 @@ class Route:
     roles: frozenset[str] | None  # the roles that may call it; None: any key
     needs_account: bool  # acts on one account: a master key must name it
     handler: Handler
+    scope: str | None  # the OAuth scope a bearer token needs; None: any token
 
 
 def new_order(book: Book, key: Key, account: str | None, p: dict[str, Any]) -> dict[str, Any]:
@@ -72,16 +74,17 @@ def roles(book: Book, key: Key, account: str | None, p: dict[str, Any]) -> dict[
 
 
 _TRADER = frozenset({"Trader"})
+_CREATE, _READ = "orders:create", "orders:read"
 ROUTES: Mapping[str, Route] = {
     route.path: route
     for route in (
-        Route("/v1/order/new", _TRADER, True, new_order),
-        Route("/v1/order/cancel", _TRADER, True, cancel),
-        Route("/v1/order/cancel/all", _TRADER, True, cancel_all),
-        Route("/v1/order/cancel/session", _TRADER, True, cancel_session),
-        Route("/v1/order/status", _TRADER, True, status),
-        Route("/v1/orders", frozenset({"Trader", "Auditor"}), True, orders),
-        Route("/v1/heartbeat", None, False, heartbeat),
-        Route("/v1/roles", None, False, roles),
+        Route("/v1/order/new", _TRADER, True, new_order, _CREATE),
+        Route("/v1/order/cancel", _TRADER, True, cancel, _CREATE),
+        Route("/v1/order/cancel/all", _TRADER, True, cancel_all, _CREATE),
+        Route("/v1/order/cancel/session", _TRADER, True, cancel_session, _CREATE),
+        Route("/v1/order/status", _TRADER, True, status, _READ),
+        Route("/v1/orders", frozenset({"Trader", "Auditor"}), True, orders, _READ),
+        Route("/v1/heartbeat", None, False, heartbeat, None),
+        Route("/v1/roles", None, False, roles, None),
     )
 }

@@ -14,15 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 
 from .clock import Clock
-from .records import Answer, Trickle
+from .records import Answer, Request, Trickle
 
 
 class Backend(Protocol):
     """What answers the requests: the exchange's dispatcher."""
 
-    def post(self, path: str, api_key: str | None, payload: str | None, sig: str | None) -> Answer: ...
+    def post(self, request: Request) -> Answer: ...
 
-    def get(self, path: str) -> Answer: ...
+    def get(self, path: str, query: str) -> Answer: ...
 
 
 class Server(ThreadingHTTPServer):
@@ -121,26 +121,34 @@ class RequestHandler(BaseHTTPRequestHandler):
         )
         return True
 
-    def _path(self) -> str:
+    MAX_BODY_BYTES = 64 * 1024
+
+    def _body(self) -> bytes:
         length = self.fields.get("content-length", "")
         if length.isdigit() and int(length) > 0:
-            self.rfile.read(int(length))
-        return self.path.split("?", 1)[0]
+            # Read what was sent (so keep-alive stays in step), keep at most MAX_BODY_BYTES of it.
+            data = self.rfile.read(int(length))
+            return data[: self.MAX_BODY_BYTES]
+        return b""
 
     def do_POST(self) -> None:
-        path = self._path()
+        body = self._body()
         fields = self.fields
-        self._send(
-            self._srv.backend.post(
-                path,
-                fields.get("x-gemini-apikey"),
-                fields.get("x-gemini-payload"),
-                fields.get("x-gemini-signature"),
-            )
+        request = Request(
+            path=self.path.split("?", 1)[0],
+            api_key=fields.get("x-gemini-apikey"),
+            payload=fields.get("x-gemini-payload"),
+            signature=fields.get("x-gemini-signature"),
+            authorization=fields.get("authorization"),
+            body=body,
+            content_type=fields.get("content-type"),
         )
+        self._send(self._srv.backend.post(request))
 
     def do_GET(self) -> None:
-        self._send(self._srv.backend.get(self._path()))
+        self._body()
+        path, _, query = self.path.partition("?")
+        self._send(self._srv.backend.get(path, query))
 
     def _send(self, answer: Answer) -> None:
         if answer.drop:
