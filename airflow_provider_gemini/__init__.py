@@ -22,6 +22,36 @@ _INTEGRATION = "Gemini Exchange"
 # so no field carries a default: an empty field means the provider's default, stated in its text,
 # and a connection saved from the form follows the provider's defaults instead of pinning them.
 _CONN_FIELDS: dict[str, Any] = {
+    "auth_type": {
+        "label": "Auth type",
+        "schema": {"type": ["string", "null"], "enum": ["api_key", "oauth"]},
+        "description": "api_key (empty): login is the API key, password its secret; oauth: login is the "
+        "OAuth app's client_id, password its client_secret, and Refresh token below is required.",
+    },
+    "refresh_token": {
+        "label": "OAuth refresh token",
+        # "password": the form masks it as it does the connection's password.
+        "schema": {"type": ["string", "null"], "format": "password"},
+        "description": "oauth only: the refresh token from the authorization code grant. It is spent at "
+        "the first refresh; the newest one is kept in the Variable below.",
+    },
+    "refresh_token_variable": {
+        "label": "OAuth refresh token Variable",
+        "schema": {"type": ["string", "null"]},
+        "description": "oauth only, instead of the refresh token: the Airflow Variable that holds it.",
+    },
+    "token_variable": {
+        "label": "OAuth token store Variable",
+        "schema": {"type": ["string", "null"]},
+        "description": "oauth only: the Airflow Variable the rotated tokens are written to "
+        "(empty: gemini_oauth_token_<fingerprint of client_id and refresh token>).",
+    },
+    "token_url": {
+        "label": "OAuth token URL",
+        "schema": {"type": ["string", "null"]},
+        "description": "oauth only (empty: https://exchange.gemini.com/auth/token, the sandbox's for "
+        "the sandbox, else Base URL + /auth/token).",
+    },
     "environment": {
         "label": "Environment",
         # A None among the choices would show as the text "null"; empty means production.
@@ -79,8 +109,8 @@ def _connection_type(conn_type: str, hook_class: str, hook_name: str) -> dict[st
         "ui-field-behaviour": {
             "hidden-fields": ["schema", "port", "extra"],
             "relabeling": {
-                "login": "API key",
-                "password": "API secret",
+                "login": "API key (OAuth: client_id)",
+                "password": "API secret (OAuth: client_secret)",
                 "host": "Base URL (optional)",
             },
             "placeholders": {

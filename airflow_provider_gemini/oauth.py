@@ -211,8 +211,10 @@ class OAuthSession:
         self.race_wait = race_wait
         self._clock = clock
         self._sleep = sleep
+        # One lock per chain (app and first refresh token), whatever the conn id: the api-server tests
+        # a copy of a connection under a random id, and it must wait for the real one's refresh.
         self._lock = HostLock(
-            f"oauth-{fingerprint(token_url + ' ' + client_id + ' ' + self.label)}.lock", lock_directory
+            f"oauth-{fingerprint(f'{token_url} {client_id} {self._seed}')}.lock", lock_directory
         )
         self._tokens: TokenSet | None = None
         self._mutex = threading.Lock()

@@ -1,4 +1,5 @@
-"""GeminiHook: an Airflow connection turned into a GeminiClient, checked before any request."""
+"""GeminiHook: an Airflow connection turned into a GeminiClient (API key or OAuth), checked before any
+request."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from airflow_provider_gemini.arguments import parse_base_url
 from airflow_provider_gemini.auth import NONCE_MODES
 from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
 from airflow_provider_gemini.exceptions import GeminiError
+from airflow_provider_gemini.oauth import CANCEL_SCOPE, READ_SCOPE, TOKEN_URLS, OAuthSession, fingerprint
 
 ENVIRONMENTS = {"production": PRODUCTION_URL, "sandbox": SANDBOX_URL}
 DEFAULT_TIMEOUT = 10.0
+AUTH_TYPES = ("api_key", "oauth")
+# Gemini's OAuth token endpoint is on the exchange's web host, not the API host.
+_TOKEN_URL_FOR_API = {PRODUCTION_URL: TOKEN_URLS["production"], SANDBOX_URL: TOKEN_URLS["sandbox"]}
 
 Fail = Callable[[str], "GeminiConnectionError"]
 
@@ -125,33 +130,103 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
         extra = conn.extra_dejson
     if not isinstance(extra, Mapping):
         raise fail(f"extra: expected a JSON object, got {type(extra).__name__}")
-    api_key = "" if _blank(conn.login) else str(conn.login).strip()
-    api_secret = "" if _blank(conn.password) else str(conn.password).strip()
-    if not api_key:
-        raise fail("API key (login) is empty")
-    if not api_secret:
-        raise fail("API secret (password) is empty")
-    mask_secret(api_key)
-    mask_secret(api_secret)
+    auth_type = _choice(fail, extra, "auth_type", AUTH_TYPES, "api_key")
+    oauth = auth_type == "oauth"
+    login = "" if _blank(conn.login) else str(conn.login).strip()
+    password = "" if _blank(conn.password) else str(conn.password).strip()
+    if not login:
+        raise fail("OAuth client_id (login) is empty" if oauth else "API key (login) is empty")
+    if not password:
+        raise fail("OAuth client_secret (password) is empty" if oauth else "API secret (password) is empty")
+    mask_secret(login)
+    mask_secret(password)
     environment = _choice(fail, extra, "environment", tuple(ENVIRONMENTS), "production")
     account = extra.get("account")
     if not _blank(account) and not isinstance(account, str):
         raise fail(f"account (extra): expected an account nickname, got {account!r}")
-    return {
-        "api_key": api_key,
-        "api_secret": api_secret,
-        "base_url": _base_url(fail, conn, environment),
+    base_url = _base_url(fail, conn, environment)
+    common = {
+        "base_url": base_url,
         "account": None if _blank(account) else str(account).strip(),
-        "nonce_mode": _choice(fail, extra, "nonce_mode", NONCE_MODES, "counter"),
         "timeout": _timeout(fail, extra),
         **_tuning(fail, extra),
     }
+    if oauth:
+        return {"oauth": _oauth_session(fail, conn_id, login, password, base_url, extra), **common}
+    return {
+        "api_key": login,
+        "api_secret": password,
+        "nonce_mode": _choice(fail, extra, "nonce_mode", NONCE_MODES, "counter"),
+        **common,
+    }
+
+
+def _text_extra(fail: Fail, extra: Mapping[str, Any], name: str) -> str | None:
+    value = extra.get(name)
+    if _blank(value):
+        return None
+    if not isinstance(value, str) or value.strip().split() != [value.strip()]:
+        raise fail(f"{name} (extra): expected one word of text, got a {type(value).__name__}")
+    return value.strip()
+
+
+def _oauth_session(
+    fail: Fail, conn_id: str, client_id: str, client_secret: str, base_url: str, extra: Mapping[str, Any]
+) -> OAuthSession:
+    """The OAuth session of a connection: its first refresh token from the `refresh_token` extra (or
+    the Variable `refresh_token_variable` names), rotated tokens in the Variable `token_variable`."""
+    from airflow_provider_gemini.hooks.token_store import TOKEN_VARIABLE_PREFIX, VariableTokenStore
+
+    refresh_token = _text_extra(fail, extra, "refresh_token")
+    variable = _text_extra(fail, extra, "refresh_token_variable")
+    if refresh_token and variable:
+        raise fail("refresh_token, refresh_token_variable (extra): give one of them, not both")
+    if variable:
+        from airflow.sdk import Variable
+
+        try:
+            refresh_token = str(Variable.get(variable)).strip()
+        except Exception:
+            raise fail(
+                f"refresh_token_variable (extra): no Airflow Variable {variable!r} can be read"
+            ) from None
+    if not refresh_token:
+        raise fail(
+            "refresh_token (extra): empty; an OAuth connection needs the refresh token from the "
+            "authorization code grant (or refresh_token_variable naming a Variable that holds it)"
+        )
+    mask_secret(refresh_token)
+    token_url = _text_extra(fail, extra, "token_url")
+    if token_url is None:
+        token_url = _TOKEN_URL_FOR_API.get(base_url, base_url + "/auth/token")
+    else:
+        try:
+            token_url = parse_base_url(token_url, "token_url")
+        except ValueError:
+            raise fail(f"token_url (extra): expected a URL such as {TOKEN_URLS['production']}") from None
+    # Named after the app and the first refresh token, not the conn id: the api-server tests a copy of
+    # the connection under a random id, and its refresh must land where the real connection reads.
+    store_key = _text_extra(fail, extra, "token_variable") or (
+        TOKEN_VARIABLE_PREFIX + fingerprint(f"{client_id} {refresh_token}")
+    )
+    return OAuthSession(
+        client_id,
+        client_secret,
+        refresh_token,
+        token_url=token_url,
+        store=VariableTokenStore(store_key),
+        label=conn_id,
+    )
 
 
 class GeminiHook(BaseHook):
     """Interact with Gemini's private REST API through a `geminiexchange` connection.
 
-    login is the API key, password the API secret, host an optional base URL (scheme and port), and
+    With the extra `auth_type` api_key (the default), login is the API key and password the API
+    secret; with `auth_type` oauth, login is the OAuth client_id, password the client_secret, and the
+    extra `refresh_token` (or `refresh_token_variable`) the first refresh token; rotated tokens go to
+    the Variable `token_variable` (default gemini_oauth_token_<fingerprint>), and `token_url`
+    overrides Gemini's token endpoint. host is an optional base URL (scheme and port), and
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
     master keys), `nonce_mode` (counter | time), `timeout` (seconds for each attempt's whole answer),
     and optionally `call_timeout` (seconds for a call, retries included), `rate_limit_per_minute`
@@ -185,7 +260,8 @@ class GeminiHook(BaseHook):
         return self.get_client()
 
     def test_connection(self) -> tuple[bool, str]:
-        """Call /v1/roles and report whether the key holds the Trader role that cancelling needs."""
+        """Call /v1/roles and report whether the key holds the Trader role that cancelling needs; for
+        an OAuth connection, whether the token's scopes allow cancelling and reading orders."""
         try:
             conn = self.get_connection(self.gemini_conn_id)
             with self.client_from_connection(conn, max_attempts=2) as client:
@@ -197,6 +273,8 @@ class GeminiHook(BaseHook):
             return False, err.problem
         except Exception as err:
             return False, str(err)
+        if client.oauth is not None:
+            return _scope_verdict(client)
         held = ", ".join(roles.names()) or "none"
         if roles.is_trader:
             return True, f"Connected to {client.base_url}; the key has the Trader role (roles: {held})."
@@ -204,6 +282,27 @@ class GeminiHook(BaseHook):
             f"Connected to {client.base_url}, but the key lacks the Trader role that cancelling orders "
             f"needs (roles: {held})."
         )
+
+
+def _scope_verdict(client: GeminiClient) -> tuple[bool, str]:
+    """What an OAuth token may do: cancel needs orders:create, listing and status orders:read."""
+    assert client.oauth is not None
+    scopes = client.oauth.scopes
+    store = getattr(client.oauth.store, "key", None)
+    where = f"; rotated tokens are stored in the Airflow Variable {store!r}" if store else ""
+    if scopes is None:
+        return True, (
+            f"Connected to {client.base_url} with OAuth; Gemini did not state the token's scopes, so "
+            f"whether it may cancel ({CANCEL_SCOPE}) and read ({READ_SCOPE}) orders shows at the first "
+            f"request{where}."
+        )
+    can_cancel, can_read = CANCEL_SCOPE in scopes, READ_SCOPE in scopes
+    verdict = (
+        f"Connected to {client.base_url} with OAuth; scopes: {','.join(scopes) or 'none'}. "
+        f"Cancel orders ({CANCEL_SCOPE}): {'yes' if can_cancel else 'no'}; "
+        f"read orders and status ({READ_SCOPE}): {'yes' if can_read else 'no'}{where}."
+    )
+    return can_cancel and can_read, verdict
 
 
 class GeminiLegacyTypeHook(GeminiHook):
