@@ -23,7 +23,11 @@ The time zone is DST-aware, so the run stays at 15:45 New York time in summer an
 
 **Params** (the trigger form): `max_age_minutes`, `symbols` (empty: every symbol), `side` (both, buy or sell),
 `client_order_id_prefix` (empty: any order, including those placed in the web UI), `dry_run`,
-`max_cancellations`.
+`max_cancellations`, `account` (empty: the connection's).
+
+**Perpetuals** (`btcgusdperp`, `ethgusdperp`) live on a perpetuals account of their own: sweep them with a
+connection for that account, or a master key's connection and `account` set to the perpetuals account's
+nickname, and `symbols` such as `btcgusdperp` to leave any other order alone.
 
 A scheduled run that starts after the close (the DAG unpaused hours after its slot, a backfill of past
 dates) is skipped with the reason in the log and cancels nothing (`max_start_delay`); a manual or
@@ -100,7 +104,7 @@ with DAG(
             type=["null", "array"],
             items={"type": "string"},
             title="Symbols",
-            description="Only these symbols, e.g. btcusd (empty: every symbol).",
+            description="Only these symbols, e.g. btcusd or btcgusdperp (empty: every symbol).",
         ),
         # A None in an enum shows as the text "null" in the trigger form: "both" says what it means.
         "side": Param(
@@ -124,6 +128,13 @@ with DAG(
             title="Max cancellations",
             description="Fail instead of cancelling more orders than this.",
         ),
+        "account": Param(
+            None,
+            type=["null", "string"],
+            title="Account",
+            description="Account nickname, e.g. a perpetuals account, for a master key "
+            "(empty: the connection's account).",
+        ),
     },
 ) as dag:
     cancel_stale = GeminiCancelStaleOrdersOperator(
@@ -135,6 +146,7 @@ with DAG(
         client_order_id_prefix="{{ params.client_order_id_prefix }}",
         dry_run="{{ params.dry_run }}",
         max_cancellations="{{ params.max_cancellations }}",
+        account="{{ params.account }}",
         max_start_delay=_UNTIL_CLOSE,
     )
 
@@ -149,6 +161,7 @@ with DAG(
         task_id="confirm_cancelled",
         gemini_conn_id=GEMINI_CONN_ID,
         order_id=confirm_ids,
+        account="{{ params.account }}",
         request_cancel=False,
         poke_interval=5,
         timeout=300,

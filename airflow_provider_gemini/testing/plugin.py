@@ -5,6 +5,11 @@
 - `gemini_exchange_factory`: start more exchanges, each stopped at teardown.
 - `gemini_credentials`: that key as `GeminiCredentials(api_key, api_secret)`.
 - `gemini_connection`: sets `AIRFLOW_CONN_GEMINI_DEFAULT` to point at the exchange; returns the conn id.
+- `gemini_oauth_app`: an OAuth app on that exchange and a first refresh token (`GeminiOAuthApp`);
+  scopes from `@pytest.mark.gemini_oauth(scopes="orders:read")` (default orders:create,orders:read).
+- `gemini_oauth_connection`: sets `AIRFLOW_CONN_GEMINI_DEFAULT` to an OAuth connection for that app.
+  Rotated tokens go to an Airflow Variable: through the task SDK in a task (`airflow dags test`),
+  straight to the metadata database elsewhere, so a hook used outside a task needs `airflow db migrate`.
 
 The exchange module is imported only when a fixture runs, so loading the plugin costs nothing.
 """
@@ -33,7 +38,25 @@ class GeminiCredentials:
     api_secret: str = field(repr=False)
 
 
+@dataclass(frozen=True)
+class GeminiOAuthApp:
+    """The fixture OAuth app and its first refresh token; secrets stay out of repr."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+
+
+OAUTH_CLIENT_ID = "gemini-test-oauth-app"
+OAUTH_CLIENT_SECRET = "gemini-test-oauth-secret"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gemini_oauth(scopes='orders:create,orders:read'): the scopes the gemini_oauth_app fixture's "
+        "first refresh token is granted",
+    )
     config.addinivalue_line(
         "markers",
         "gemini_exchange(**options): options for the gemini_exchange fixture: GeminiExchange arguments "
@@ -57,9 +80,12 @@ def gemini_exchange_factory() -> Iterator[Callable[..., GeminiExchange]]:
         nonce_mode: str = "counter",
         accounts: Sequence[str] = ("primary",),
         require_heartbeat: bool = False,
+        perpetuals_accounts: Sequence[str] = (),
         **exchange_options: Any,
     ) -> GeminiExchange:
         exchange = GeminiExchange(**exchange_options)
+        for account in perpetuals_accounts:
+            exchange.add_perpetuals_account(account)
         if api_key is not None:
             exchange.add_key(api_key, api_secret, roles, nonce_mode, accounts, require_heartbeat)
         started.append(exchange.start())
@@ -92,4 +118,27 @@ def gemini_credentials(gemini_exchange: GeminiExchange) -> GeminiCredentials:
 def gemini_connection(gemini_exchange: GeminiExchange, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point Airflow's `gemini_default` connection at the exchange (env var, JSON form)."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", gemini_exchange.airflow_connection())
+    return CONN_ID
+
+
+@pytest.fixture
+def gemini_oauth_app(request: pytest.FixtureRequest, gemini_exchange: GeminiExchange) -> GeminiOAuthApp:
+    """An OAuth app acting for the fixture key's first account, and its first refresh token."""
+    marker = request.node.get_closest_marker("gemini_oauth")
+    scopes = (marker.kwargs.get("scopes") if marker is not None else None) or "orders:create,orders:read"
+    account = "primary"
+    if gemini_exchange.api_key is not None:
+        account = gemini_exchange.accounts_of(gemini_exchange.api_key)[0]
+    gemini_exchange.add_oauth_app(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, account=account)
+    refresh_token = gemini_exchange.grant_refresh_token(OAUTH_CLIENT_ID, scopes)
+    return GeminiOAuthApp(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, refresh_token)
+
+
+@pytest.fixture
+def gemini_oauth_connection(
+    gemini_exchange: GeminiExchange, gemini_oauth_app: GeminiOAuthApp, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Point `gemini_default` at the exchange as an OAuth connection (env var, JSON form)."""
+    value = gemini_exchange.oauth_connection(gemini_oauth_app.client_id, gemini_oauth_app.refresh_token)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", value)
     return CONN_ID

@@ -169,6 +169,11 @@ class GeminiExchange:
             if self.api_key is None:
                 self.api_key, self.api_secret = api_key, api_secret
 
+    def accounts_of(self, api_key: str) -> tuple[str, ...]:
+        """The accounts a registered key acts on (KeyError if unknown)."""
+        with self._lock:
+            return self._keys[api_key].accounts
+
     def airflow_connection(self, api_key: str | None = None) -> str:
         """The JSON value of an `AIRFLOW_CONN_...` variable that points a GeminiHook at this exchange.
 
