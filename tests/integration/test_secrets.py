@@ -419,3 +419,105 @@ def test_dag_runs_at_debug_leak_no_secret(gemini_exchange: GeminiExchange, tmp_p
         f"{len(files)} files, {sum(map(len, stored.values()))} stored rows, "
         f"{mask_lines} MaskSecret lines left out\n"
     )
+
+
+# --- the OAuth path ---------------------------------------------------------------------------------------
+
+CANARY_CLIENT_ID = "client-canary-5d2e"
+CANARY_CLIENT_SECRET = "CLIENTSECRET-canary-91c4"
+
+
+# Airflow's own supervisor lines that carry an OAuth connection's values at DEBUG, matched whole: the
+# MaskSecret of the connection's extra (a dict, the refresh token in it), and the PutVariable message
+# that writes the token store Variable (the provider's tokens, sent to the API server as any Variable).
+AIRFLOW_OAUTH_LINES = (
+    re.compile(
+        r"\S+ \[debug\s*\] Sending request\s+loc=supervisor\.py:\d+ "
+        r"msg=MaskSecret\(value=\{'auth_type': 'oauth', 'refresh_token': '[^'\\]*'(?:, '\w+': '[^'\\]*')*\}, "
+        r"name=None, type='MaskSecret'\)"
+    ),
+    re.compile(
+        r"\S+ \[debug\s*\] (?:Sending request|Received message from task runner \[supervisor\])\s+"
+        r"loc=supervisor\.py:\d+ msg=PutVariable\(key='gemini_oauth_token_\w+', value='\{[^'\\]*\}', "
+        r"description='airflow-provider-gemini: [^'\\]*', type='PutVariable'\)"
+    ),
+)
+
+
+def without_airflow_oauth_lines(text: str) -> tuple[str, int]:
+    """The text minus Airflow's MaskSecret lines and the two OAuth line shapes above, and how many."""
+    text, dropped = without_mask_secret_lines(text)
+    kept = [line for line in text.splitlines() if not any(p.fullmatch(line) for p in AIRFLOW_OAUTH_LINES)]
+    return "\n".join(kept), dropped + len(text.splitlines()) - len(kept)
+
+
+@pytest.mark.timeout(280)
+@pytest.mark.gemini_exchange(rate_limit_per_minute=None, api_key=CANARY_KEY, api_secret=CANARY_SECRET)
+def test_oauth_dag_runs_at_debug_leak_no_secret(gemini_exchange: GeminiExchange, tmp_path: Path) -> None:
+    """An OAuth connection through three DAG runs at DEBUG: the first refresh, a 401 and its refresh,
+    and a token without orders:create failing its cancel. No client secret, access or refresh token
+    (any ever issued), Bearer header or payload header in the output, the files of AIRFLOW_HOME (the
+    token Variable in airflow.db is Fernet-encrypted), the XComs, rendered fields or trigger kwargs."""
+    ex = gemini_exchange
+    ex.add_oauth_app(CANARY_CLIENT_ID, CANARY_CLIENT_SECRET)
+    seed = ex.grant_refresh_token(CANARY_CLIENT_ID)
+    now = int(time.time() * 1000)
+    stale = [str(ex.place_order(CANARY_KEY, timestampms=now - 2 * HOUR_MS - i)["order_id"]) for i in range(3)]
+    by_id = [str(ex.place_order(CANARY_KEY)["order_id"]) for _ in range(2)]
+    kept = str(ex.place_order(CANARY_KEY)["order_id"])
+    ex.add_oauth_app(CANARY_CLIENT_ID + "-reader", CANARY_CLIENT_SECRET + "-reader")
+    reader_seed = ex.grant_refresh_token(CANARY_CLIENT_ID + "-reader", "orders:read")
+    home = tmp_path / "home"
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = airflow_env(
+        home,
+        EXAMPLE_DAGS,
+        {
+            "AIRFLOW_CONN_GEMINI_DEFAULT": ex.oauth_connection(CANARY_CLIENT_ID, seed),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG",
+            "GEMINI_PROVIDER_STATE_DIR": str(state),
+        },
+    )
+    outputs: dict[str, str] = {}
+
+    def run(dag_id: str, conf: dict[str, Any], label: str) -> dict[str, str | None]:
+        result = run_dags_test(EXAMPLE_DAGS, dag_id, conf=conf, env=env, timeout=150)
+        outputs[label] = result.stdout + "\n" + result.stderr
+        (tmp_path / f"{label}.out").write_text(outputs[label])
+        return task_states(home, dag_id)
+
+    assert set(run("gemini_cancel_stale_orders", {"max_age_minutes": 60}, "stale").values()) == {"success"}
+    ex.expire_access_tokens()  # the next run meets a 401 and refreshes from the stored token
+    assert set(run("gemini_cancel_order", {"order_ids": by_id}, "by_id").values()) == {"success"}
+    env["AIRFLOW_CONN_GEMINI_DEFAULT"] = ex.oauth_connection(
+        CANARY_CLIENT_ID + "-reader", reader_seed, token_variable="gemini_oauth_token_reader"
+    )
+    assert run("gemini_cancel_order", {"order_ids": [kept]}, "reader")["cancel_orders"] == "failed"
+    assert "missing_scope" in outputs["reader"]
+    assert all(ex.order(o)["is_cancelled"] for o in [*stale, *by_id]) and ex.order(kept)["is_live"]
+    assert ex.count("/auth/token", 200) == 3 and ex.count("/v1/orders", 401) == 1
+
+    tokens = ex.oauth_tokens_issued()
+    assert len(tokens) == 10  # two from each of the two codes, two from each of the three refreshes
+    needles = forbidden(ex.journal, [CANARY_CLIENT_SECRET, CANARY_CLIENT_SECRET + "-reader"], [])
+    needles.update({f"token {i}": token for i, token in enumerate(tokens)})
+    needles.update({f"bearer {i}": f"Bearer {token}" for i, token in enumerate(tokens)})
+    assert sum(label.startswith("payload #") for label in needles) >= 8
+    found: dict[str, list[str]] = {}
+    airflow_lines = 0
+    for label, output in outputs.items():
+        text, dropped = without_airflow_oauth_lines(output)
+        airflow_lines += dropped
+        found[f"output of {label}"] = leaks(text, needles)
+    files = [path for path in home.rglob("*") if path.is_file()] + list(state.rglob("*"))
+    for path in files:
+        if path.is_file():
+            found[str(path)] = leaks(path.read_bytes().decode("latin-1"), needles)
+    stored = stored_values(home / "airflow.db")
+    assert stored["xcom"] and stored["rendered_task_instance_fields"], stored
+    for table, rows in stored.items():
+        found[f"table {table}"] = leaks("\n".join(rows), needles)
+    leaked = {where: labels for where, labels in found.items() if labels}
+    assert not leaked, f"leaked: {leaked}"
+    assert airflow_lines > 0  # the shapes left out do occur: the exclusion is not stale
