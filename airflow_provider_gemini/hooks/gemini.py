@@ -200,10 +200,11 @@ def _oauth_session(
     if token_url is None:
         token_url = _TOKEN_URL_FOR_API.get(base_url, base_url + "/auth/token")
     else:
-        try:
-            token_url = parse_base_url(token_url, "token_url")
-        except ValueError:
-            raise fail(f"token_url (extra): expected a URL such as {TOKEN_URLS['production']}") from None
+        parts = urlsplit(token_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise fail(
+                f"token_url (extra): expected a URL such as {TOKEN_URLS['production']}, got {token_url!r}"
+            )
     # Named after the app and the first refresh token, not the conn id: the api-server tests a copy of
     # the connection under a random id, and its refresh must land where the real connection reads.
     store_key = _text_extra(fail, extra, "token_variable") or (

@@ -73,8 +73,8 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
     ]
     for behaviour in found["behaviour"]:
         assert behaviour["relabeling"] == {
-            "login": "API key",
-            "password": "API secret",
+            "login": "API key (OAuth: client_id)",
+            "password": "API secret (OAuth: client_secret)",
             "host": "Base URL (optional)",
         }
     assert found["widgets"] == [
@@ -83,13 +83,18 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
         for name in sorted(
             [
                 "account",
+                "auth_type",
                 "burst",
                 "call_timeout",
                 "environment",
                 "max_attempts",
                 "nonce_mode",
                 "rate_limit_per_minute",
+                "refresh_token",
+                "refresh_token_variable",
                 "timeout",
+                "token_url",
+                "token_variable",
             ]
         )
     ]
