@@ -30,9 +30,12 @@ def block(marker: str) -> str:
     return found[0]
 
 
+KEY_CLIENT = 'with GeminiClient("account-...", secret'
+
+
 def test_the_readme_examples_are_all_covered_here() -> None:
-    markers = ["GeminiCancelStaleOrdersOperator(", "GeminiOrderCancelledSensor(", "with GeminiClient(",
-               "def test_my_cleanup(", "ex.inject_fault("]  # fmt: skip
+    markers = ["GeminiCancelStaleOrdersOperator(", "GeminiOrderCancelledSensor(", KEY_CLIENT,
+               "def test_my_cleanup(", "ex.inject_fault(", "OAuthSession(", "ex.add_oauth_app("]  # fmt: skip
     assert sorted(BLOCKS) == sorted(block(m) for m in markers), "a README example has no test"
 
 
@@ -85,7 +88,7 @@ def test_the_client_example_runs_against_the_exchange(gemini_exchange: GeminiExc
     ex = gemini_exchange
     assert ex.api_key is not None
     assert str(ex.place_order(ex.api_key)["order_id"]) == "9007199254740993"
-    code = block("with GeminiClient(").replace('"account-..."', "api_key")
+    code = block(KEY_CLIENT).replace('"account-..."', "api_key")
     code = code.replace('"https://api.sandbox.gemini.com"', "base_url")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -117,3 +120,33 @@ def test_the_fault_calls_work_on_a_running_exchange(gemini_exchange: GeminiExcha
     assert ex.order(order_id)["is_live"] is False and ex.clock_offset == -600
     with pytest.raises(ValueError, match="rows"):
         ex.inject_listing_rows("not a list")  # type: ignore[arg-type]
+
+
+def test_the_oauth_client_example_cancels_and_persists_each_rotation(gemini_exchange: GeminiExchange) -> None:
+    ex = gemini_exchange
+    ex.add_oauth_app("readme-app", "readme-secret")
+    refresh_token = ex.grant_refresh_token("readme-app")
+    assert str(ex.place_order(None)["order_id"]) == "9007199254740993"
+    saved: list[str] = []
+    code = block("OAuthSession(").replace('TOKEN_URLS["sandbox"]', "token_url")
+    code = code.replace('"https://api.sandbox.gemini.com"', "base_url")
+    names = {
+        "client_id": "readme-app",
+        "client_secret": "readme-secret",
+        "refresh_token": refresh_token,
+        "token_url": ex.url + "/auth/token",
+        "base_url": ex.url,
+        "save_somewhere": saved.append,
+    }
+    exec("from airflow_provider_gemini.client import GeminiClient\n" + code, names)
+    assert ex.order("9007199254740993")["is_cancelled"]
+    assert len(saved) == 1 and ex.current_refresh_tokens("readme-app")[0] in saved[0]
+
+
+def test_the_oauth_exchange_calls_work(gemini_exchange: GeminiExchange) -> None:
+    ex = gemini_exchange
+    exec(block("ex.add_oauth_app("), {"ex": ex})
+    assert ex.current_refresh_tokens("client-id") == []  # revoked by the example
+    assert ex.place_order(None, symbol="btcgusdperp", account="perps")["is_live"]
+    with pytest.raises(ValueError, match="perpetuals account"):
+        ex.place_order(None, symbol="btcgusdperp", account="primary")
