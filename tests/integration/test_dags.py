@@ -163,7 +163,15 @@ print(json.dumps({
     )
     assert dags["gemini_cancel_order"]["schedule"] is None
     assert dags["gemini_cancel_stale_orders"]["params"] == sorted(
-        ["max_age_minutes", "symbols", "side", "client_order_id_prefix", "dry_run", "max_cancellations"]
+        [
+            "max_age_minutes",
+            "symbols",
+            "side",
+            "client_order_id_prefix",
+            "dry_run",
+            "max_cancellations",
+            "account",
+        ]
     )
     assert dags["gemini_cancel_order"]["params"] == ["account", "order_ids", "wait_for_cancel"]
     assert dags["gemini_cancel_stale_orders"]["native"] and dags["gemini_cancel_order"]["native"]
