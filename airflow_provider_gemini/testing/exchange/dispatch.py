@@ -195,7 +195,7 @@ class Dispatcher:
             if request.authorization and not request.api_key:
                 access = self._bearer(request)
                 who = access.session
-                decoded = self._payload(request, route)
+                decoded = self._payload(request)
                 with self._lock:
                     key = self._oauth_key(access)
                     key.bucket.take(time.monotonic())
@@ -224,7 +224,8 @@ class Dispatcher:
             raise Reject(401, "MissingApikeyHeader", "Must provide 'X-GEMINI-APIKEY' header")
         if not payload:
             raise Reject(400, "MissingPayloadHeader", "Must provide 'X-GEMINI-PAYLOAD' header")
-        decoded = decode_payload(payload) or {}
+        parsed = decode_payload(payload)
+        decoded = parsed or {}
         if not sig:
             raise Reject(400, "MissingSignatureHeader", "Must provide 'X-GEMINI-SIGNATURE' header")
         key = self._keys.get(api_key)
@@ -233,30 +234,31 @@ class Dispatcher:
         with self._lock:
             key.bucket.take(time.monotonic())
         check_signature(key, payload, sig)
-        self._check_request_field(request, decoded)
+        self._check_request_field(request.path, parsed)
         return key, decoded
 
     def _bearer(self, request: Request) -> AccessToken:
         with self._lock:
             return self._oauth.bearer(request.authorization or "", self._clock.time())
 
-    def _payload(self, request: Request, route: Route) -> dict[str, Any]:
+    def _payload(self, request: Request) -> dict[str, Any]:
         """An OAuth request's payload: base64 JSON naming the path, as with keys, but no nonce needed."""
         if not request.payload:
             raise Reject(400, "MissingPayloadHeader", "Must provide 'X-GEMINI-PAYLOAD' header")
-        decoded = decode_payload(request.payload) or {}
-        self._check_request_field(request, decoded)
-        return decoded
+        parsed = decode_payload(request.payload)
+        self._check_request_field(request.path, parsed)
+        return parsed or {}
 
     @staticmethod
-    def _check_request_field(request: Request, decoded: dict[str, Any]) -> None:
-        if request.payload and decode_payload(request.payload) is None:
+    def _check_request_field(path: str, parsed: dict[str, Any] | None) -> None:
+        """The payload must be a JSON object naming the path it was sent to."""
+        if parsed is None:
             raise Reject(400, "InvalidJson", "X-GEMINI-PAYLOAD is not base64-encoded JSON object text")
-        if decoded.get("request") != request.path:
+        if parsed.get("request") != path:
             raise Reject(
                 400,
                 "EndpointMismatch",
-                f"Payload request {decoded.get('request')!r} does not match the path {request.path!r}",
+                f"Payload request {parsed.get('request')!r} does not match the path {path!r}",
             )
 
     def _oauth_key(self, access: AccessToken) -> Key:
