@@ -112,8 +112,7 @@ def test_a_401_right_after_a_refresh_is_not_refreshed_again(ex: GeminiExchange, 
     oauth = session(ex, ex.grant_refresh_token(CLIENT_ID), tmp_path)
     with client(ex, oauth) as gemini:
         gemini.roles()
-        ex.expire_access_tokens()
-        ex.set_access_token_lifetime(0.001)  # the refreshed token is dead on arrival too
+        ex.inject_fault("unauthorized", "/v1/roles", count=2)  # the refreshed token is refused too
         with pytest.raises(GeminiError) as caught:
             gemini.roles()
     assert caught.value.status == 401 and not caught.value.retryable

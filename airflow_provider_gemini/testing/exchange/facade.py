@@ -465,7 +465,8 @@ class GeminiExchange:
         """Queue `count` faults for requests to `path` (None: any /v1 path), used in queue order.
 
         Kinds: "rate_limit" (429 RateLimit), "maintenance" (503 Maintenance), "server_error_text"
-        (500 text/plain), "not_found_empty" (404, empty body), "drop" (close without answering),
+        (500 text/plain), "not_found_empty" (404, empty body), "unauthorized" (401 InvalidToken, as
+        for a refused OAuth token), "drop" (close without answering),
         all sent before the request is processed; "drop_after" (process it, then close without
         answering); "delay" (sleep `delay` seconds, then process and answer); "trickle" (process
         it, then send the answer `chunk_bytes` bytes at a time (default 1), with pauses adding up to

@@ -17,6 +17,7 @@ FAULT_KINDS = (
     "maintenance",
     "server_error_text",
     "not_found_empty",
+    "unauthorized",
     "drop",
     "drop_after",
     "delay",
@@ -61,6 +62,8 @@ class Fault:
             return Answer(500, b"upstream unavailable", content_type="text/plain")
         if self.kind == "not_found_empty":
             return Answer(404, b"", content_type=None)
+        if self.kind == "unauthorized":
+            return error_answer(401, "InvalidToken", "The access token is invalid, expired or revoked")
         return Answer(0, b"", drop=True)
 
     def spoil(self, answer: Answer) -> None:
