@@ -175,21 +175,23 @@ def _oauth_session(
 ) -> OAuthSession:
     """The OAuth session of a connection: its first refresh token from the `refresh_token` extra (or
     the Variable `refresh_token_variable` names), rotated tokens in the Variable `token_variable`."""
-    from airflow_provider_gemini.hooks.token_store import TOKEN_VARIABLE_PREFIX, VariableTokenStore
+    from airflow_provider_gemini.hooks.token_store import (
+        TOKEN_VARIABLE_PREFIX,
+        VariableTokenStore,
+        read_variable,
+    )
 
     refresh_token = _text_extra(fail, extra, "refresh_token")
     variable = _text_extra(fail, extra, "refresh_token_variable")
     if refresh_token and variable:
         raise fail("refresh_token, refresh_token_variable (extra): give one of them, not both")
     if variable:
-        from airflow.sdk import Variable
-
         try:
-            refresh_token = str(Variable.get(variable)).strip()
+            refresh_token = (read_variable(variable) or "").strip()
         except Exception:
-            raise fail(
-                f"refresh_token_variable (extra): no Airflow Variable {variable!r} can be read"
-            ) from None
+            refresh_token = ""
+        if not refresh_token:
+            raise fail(f"refresh_token_variable (extra): no Airflow Variable {variable!r} can be read")
     if not refresh_token:
         raise fail(
             "refresh_token (extra): empty; an OAuth connection needs the refresh token from the "

@@ -30,6 +30,21 @@ def _in_task_runtime() -> bool:
     return hasattr(sys.modules.get("airflow.sdk.execution_time.task_runner"), "SUPERVISOR_COMMS")
 
 
+def read_variable(key: str) -> str | None:
+    """An Airflow Variable's text, or None when there is none: through the task SDK in a task or the
+    triggerer, through airflow.models elsewhere (the SDK has no channel to the database there)."""
+    value: Any
+    if _in_task_runtime():
+        from airflow.sdk import Variable
+
+        value = Variable.get(key, default=None)
+    else:
+        from airflow.models import Variable as DbVariable
+
+        value = DbVariable.get(key, default_var=None)
+    return value if isinstance(value, str) else None
+
+
 class VariableTokenStore:
     """The newest TokenSet of one OAuth chain, as JSON in the Airflow Variable `key`."""
 
@@ -40,16 +55,7 @@ class VariableTokenStore:
         return f"VariableTokenStore(key={self.key!r})"
 
     def _get(self) -> str | None:
-        value: Any
-        if _in_task_runtime():
-            from airflow.sdk import Variable
-
-            value = Variable.get(self.key, default=None)
-        else:
-            from airflow.models import Variable as DbVariable
-
-            value = DbVariable.get(self.key, default_var=None)
-        return value if isinstance(value, str) else None
+        return read_variable(self.key)
 
     def _set(self, text: str) -> None:
         description = "airflow-provider-gemini: the newest OAuth tokens of a connection (rotated on refresh)"

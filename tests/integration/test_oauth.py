@@ -250,3 +250,40 @@ def test_a_stale_sweep_with_a_btcgusdperp_filter_sweeps_the_perpetuals_account(
     assert all(ex.order(o)["is_cancelled"] for o in stale_perps)
     assert all(ex.order(o)["is_live"] for o in kept)
     assert {e.payload.get("account") for e in ex.journal if e.path.startswith("/v1/")} == {"perps"}
+
+
+def test_the_first_refresh_token_from_a_read_only_backend_variable(
+    ex: GeminiExchange, tmp_path: Path
+) -> None:
+    """The seed in a read-only secrets backend (here the environment-variable backend, AIRFLOW_VAR_...):
+    the rotated tokens go to the token Variable in the metadata database, and the seed is never written."""
+    seed = ex.grant_refresh_token(CLIENT_ID)
+    env = oauth_env(tmp_path, ex, seed)
+    conn = json.loads(env["AIRFLOW_CONN_GEMINI_DEFAULT"])
+    del conn["extra"]["refresh_token"]
+    conn["extra"]["refresh_token_variable"] = "desk_oauth_seed"
+    env["AIRFLOW_CONN_GEMINI_DEFAULT"] = json.dumps(conn)
+    env["AIRFLOW_VAR_DESK_OAUTH_SEED"] = seed
+    result = subprocess.run(
+        [AIRFLOW, "connections", "test", "gemini_default"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "Connection success!" in result.stdout, result.stdout + result.stderr
+    stored = stored_tokens(env, store_key(seed))
+    assert ex.current_refresh_tokens(CLIENT_ID) == [stored["refresh_token"]]
+    missing = dict(env)
+    del missing["AIRFLOW_VAR_DESK_OAUTH_SEED"]
+    failed = subprocess.run(
+        [AIRFLOW, "connections", "test", "gemini_default"],
+        env=missing,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode != 0
+    assert (
+        "refresh_token_variable (extra): no Airflow Variable 'desk_oauth_seed' can be read" in failed.stdout
+    )
