@@ -195,13 +195,18 @@ class Dispatcher:
             if request.authorization and not request.api_key:
                 access = self._bearer(request)
                 who = access.session
-                decoded = self._payload(request)
+                parsed = self._payload(request)
+                decoded = parsed or {}
+                self._check_request_field(request.path, parsed)
                 with self._lock:
                     key = self._oauth_key(access)
                     key.bucket.take(time.monotonic())
                     self._oauth.check_scope(access, route.scope)
                     return self._run(route, key, decoded), decoded, who
-            key, decoded = self._signed(request)
+            # Decoded before the checks, so the journal keeps the payload of a refused request too.
+            parsed = decode_payload(request.payload) if request.api_key and request.payload else None
+            decoded = parsed or {}
+            key = self._signed(request, parsed)
             with self._lock:
                 key.last_seen = time.monotonic()
                 check_nonce(key, decoded, self._clock.time())
@@ -217,15 +222,13 @@ class Dispatcher:
         account = account_for(key, decoded) if route.needs_account else None
         return Answer(200, dumps(route.handler(self._book, key, account, decoded)))
 
-    def _signed(self, request: Request) -> tuple[Key, dict[str, Any]]:
-        """The key of an API-key request whose signature checks out, and its decoded payload."""
+    def _signed(self, request: Request, parsed: dict[str, Any] | None) -> Key:
+        """The key of an API-key request whose signature checks out (`parsed`: its decoded payload)."""
         api_key, payload, sig = request.api_key, request.payload, request.signature
         if not api_key:
             raise Reject(401, "MissingApikeyHeader", "Must provide 'X-GEMINI-APIKEY' header")
         if not payload:
             raise Reject(400, "MissingPayloadHeader", "Must provide 'X-GEMINI-PAYLOAD' header")
-        parsed = decode_payload(payload)
-        decoded = parsed or {}
         if not sig:
             raise Reject(400, "MissingSignatureHeader", "Must provide 'X-GEMINI-SIGNATURE' header")
         key = self._keys.get(api_key)
@@ -235,19 +238,18 @@ class Dispatcher:
             key.bucket.take(time.monotonic())
         check_signature(key, payload, sig)
         self._check_request_field(request.path, parsed)
-        return key, decoded
+        return key
 
     def _bearer(self, request: Request) -> AccessToken:
         with self._lock:
             return self._oauth.bearer(request.authorization or "", self._clock.time())
 
-    def _payload(self, request: Request) -> dict[str, Any]:
-        """An OAuth request's payload: base64 JSON naming the path, as with keys, but no nonce needed."""
+    @staticmethod
+    def _payload(request: Request) -> dict[str, Any] | None:
+        """An OAuth request's decoded payload (None: not a JSON object); as with keys, but no nonce."""
         if not request.payload:
             raise Reject(400, "MissingPayloadHeader", "Must provide 'X-GEMINI-PAYLOAD' header")
-        parsed = decode_payload(request.payload)
-        self._check_request_field(request.path, parsed)
-        return parsed or {}
+        return decode_payload(request.payload)
 
     @staticmethod
     def _check_request_field(path: str, parsed: dict[str, Any] | None) -> None:
