@@ -1,8 +1,9 @@
 """A local, Gemini-compatible exchange for tests, benchmarks, the demo and users' own DAG tests.
 
 `GeminiExchange` speaks Gemini's private REST protocol on 127.0.0.1: HMAC-SHA384 signed payload
-headers, counter and time nonces, roles, master-key accounts, a per-key rate limit, orders that can be
-live, cancelled or filled, and switches that make it misbehave (maintenance, closed markets, injected
+headers, counter and time nonces, roles, master-key accounts, OAuth 2.0 (the `/auth/token` grants,
+one-time refresh tokens, Bearer requests with scopes; see `oauth`), perpetuals accounts, a per-key
+rate limit, orders that can be live, cancelled or filled, and switches that make it misbehave (maintenance, closed markets, injected
 faults). It imports nothing from the provider: it is the independent peer the client is tested against.
 
 Choices where Gemini's documentation is silent (see also the README):
@@ -34,7 +35,8 @@ Run it alone with `python -m airflow_provider_gemini.testing.exchange --port 876
 `GET /_admin/orders`, `/_admin/journal` and `/_admin/health` are unauthenticated, test-only views.
 
 Its parts, each importing only those before it: `records` (answers and JSON helpers), `journal`,
-`clock`, `rules` (keys, signatures, nonces, roles, accounts, the rate limit), `book` (orders), `faults`
+`clock`, `rules` (keys, signatures, nonces, roles, accounts, the rate limit), `oauth` (apps, grants,
+tokens, scopes), `book` (orders), `faults`
 (injected faults, maintenance), `routes` (the endpoint table), `dispatch` (one request through the
 checks to its route), `server` (HTTP), `facade` (`GeminiExchange`) and `cli`.
 """
