@@ -68,6 +68,12 @@ _CONN_FIELDS: dict[str, Any] = {
         "schema": {"type": ["integer", "null"], "minimum": 1},
         "description": "Tries of one request (first one included) on transient errors (empty: 5).",
     },
+    "watch_share": {
+        "label": "Watch share of the rate limit",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+        "description": "Fraction of the key's rate limit that deferred sensors may poll with, "
+        "all triggers of the key together (empty: 0.25).",
+    },
 }
 
 

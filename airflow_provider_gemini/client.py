@@ -32,11 +32,12 @@ from airflow_provider_gemini.retrying import (
     stop_at_call_deadline,
     wait_for_gemini,
 )
-from airflow_provider_gemini.transport import Failure, ServerClock, open_session, send
+from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send
 
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
     "CancelAllResult",
+    "ClientCore",
     "ClientStats",
     "GeminiClient",
     "RateLimiter",
@@ -50,6 +51,7 @@ SANDBOX_URL = "https://api.sandbox.gemini.com"
 
 RATE_SAFETY_MARGIN = 0.015
 DEFAULT_CALL_TIMEOUT = 60.0
+USER_AGENT = f"airflow-provider-gemini/{__version__}"
 
 Unreadable = Callable[[Mapping[str, Any], ValueError], None]
 
@@ -118,17 +120,21 @@ class RateLimiter:
         self._stamp = clock()
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds slept."""
+    def reserve(self) -> float:
+        """Take one token now and return the seconds until it is due (0 when one was there); the
+        caller waits that long, with whatever sleep suits it (the async client awaits it)."""
         with self._lock:
             now = self._clock()
             tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1.0
             self._tokens = tokens
             self._stamp = now
-        if tokens >= 0.0:
-            return 0.0
-        wait = -tokens / self.rate
-        self._sleep(wait)
+        return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds slept."""
+        wait = self.reserve()
+        if wait > 0.0:
+            self._sleep(wait)
         return wait
 
 
@@ -153,16 +159,10 @@ def _masked(api_key: str) -> str:
     return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
 
 
-class GeminiClient:
-    """A client for Gemini's private REST API, usable with or without Airflow.
-
-    Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
-    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
-    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
-    answer within `timeout` seconds, and each call, retries and their waits included, ends within
-    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
-    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
-    of the exchange's clock from ours, learnt from the Date header of every answer.
+class ClientCore:
+    """What the sync and the async client share: settings and their checks, signing with fresh nonces,
+    the key's pacing, the retry policy, the answer-to-error mapping, and the requests' fields and
+    parsing. A subclass only moves bytes: `GeminiClient` with requests, `AsyncGeminiClient` with httpx.
     """
 
     def __init__(
@@ -196,74 +196,64 @@ class GeminiClient:
         self.call_timeout = parse_positive(call_timeout, "call_timeout")
         self.max_attempts = parse_positive_int(max_attempts, "max_attempts")
         burst = parse_positive_int(burst, "burst")
-        self._limiter = (
+        self.rate_limit_per_minute = (
             None
             if rate_limit_per_minute is None
-            else _shared_limiter(
-                api_key,
-                parse_positive(rate_limit_per_minute, "rate_limit_per_minute"),
-                burst,
-                sleep=sleep,
-                clock=clock,
-            )
+            else parse_positive(rate_limit_per_minute, "rate_limit_per_minute")
+        )
+        self._limiter = (
+            None
+            if self.rate_limit_per_minute is None
+            else _shared_limiter(api_key, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock)
         )
         self._api_key = api_key
         self._secret = api_secret.encode()
         self._is_master = api_key.startswith("master-")
         self._nonce = nonce_source(nonce_mode, api_key)
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
         self.stats = ClientStats()
         self.server_clock = ServerClock()
         self._clock = clock
-        self._retrying = tenacity.Retrying(
-            stop=stop_after_attempts_or_nonce_grace(self.max_attempts) | stop_at_call_deadline(clock),
-            retry=retry_if_safe_to_repeat,
-            wait=wait_for_gemini(nonce_mode),
-            before_sleep=self._before_sleep,
-            sleep=sleep,
-            reraise=True,
-        )
+        self._open_transport(sleep)
+
+    def _open_transport(self, sleep: Sleep) -> None:
+        """Set up what the subclass sends with (nothing is connected until the first request)."""
+        raise NotImplementedError
+
+    def _retry_policy(self) -> dict[str, Any]:
+        """The tenacity arguments both clients retry with (each adds its own `sleep`)."""
+        return {
+            "stop": stop_after_attempts_or_nonce_grace(self.max_attempts)
+            | stop_at_call_deadline(self._clock),
+            "retry": retry_if_safe_to_repeat,
+            "wait": wait_for_gemini(self.nonce_mode),
+            "before_sleep": self._before_sleep,
+            "reraise": True,
+        }
 
     def __repr__(self) -> str:
-        return f"GeminiClient(base_url={self.base_url!r}, api_key={_masked(self._api_key)!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={_masked(self._api_key)!r})"
 
-    def __enter__(self) -> GeminiClient:
-        return self
+    @property
+    def key_id(self) -> str:
+        """The key as it may be shown: its prefix only (for grouping and log lines, never the whole key)."""
+        return _masked(self._api_key)
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    # -- one attempt, around the transport ----------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the HTTP session (its pooled connections); the client reopens one if used again."""
-        with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
-            session.close()
-
-    # -- transport ---------------------------------------------------------------------------------
-
-    def _open_session(self) -> requests.Session:
-        with self._session_lock:
-            if self._session is None:
-                self._session = open_session(self.base_url, f"airflow-provider-gemini/{__version__}")
-            return self._session
-
-    def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
-        if self._limiter is not None:
-            self._limiter.acquire()
+    def _signed(self, path: str, fields: Mapping[str, Any], deadline: float) -> tuple[float, dict[str, str]]:
+        """The seconds this attempt may take and its signed headers (a fresh nonce); counts the request."""
         seconds = min(self.timeout, deadline - self._clock())
         if seconds <= 0.0:
             raise self._timeout_error(path, 0.0)
         headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
-        session = self._session or self._open_session()
         self.stats.count_request()
-        answer = send(session, self.base_url + path, headers, seconds)
+        return seconds, headers
+
+    def _answered(self, path: str, answer: Answer | Failure, seconds: float) -> Any:
+        """The decoded JSON of a complete 2xx answer; the GeminiError for anything else."""
         if isinstance(answer, Failure):
-            # send() returns rather than raises, so no requests exception (it holds the prepared
-            # request, signed headers included) rides along as this error's __cause__ or __context__.
+            # The transport returns rather than raises, so no HTTP library exception (it holds the
+            # signed request) rides along as this error's __cause__ or __context__.
             if answer.timed_out:
                 raise self._timeout_error(path, seconds)
             message = f"{path}: connection to {self.base_url} failed ({answer.error})"
@@ -298,16 +288,7 @@ class GeminiClient:
             sleep,
         )
 
-    # -- API ---------------------------------------------------------------------------------------
-
-    def private(self, path: str, **fields: Any) -> Any:
-        """POST a signed private request and return its decoded JSON answer (fields sent as given)."""
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"path: expected an endpoint path such as '/v1/orders', got {path!r}")
-        return self._post(path, fields)
-
-    def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
-        return self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)
+    # -- the requests' fields and answers, for both clients ------------------------------------------
 
     @property
     def clock_offset(self) -> float | None:
@@ -328,6 +309,100 @@ class GeminiClient:
             raise ValueError(f"account: expected a non-empty account nickname, got {chosen!r}")
         fields["account"] = chosen
         return fields
+
+    def _status_fields(
+        self,
+        order_id: int | str | None,
+        client_order_id: str | None,
+        include_trades: bool,
+        account: str | None,
+    ) -> dict[str, Any]:
+        if (order_id is None) == (client_order_id is None):
+            raise ValueError("order_status: give exactly one of order_id and client_order_id")
+        fields: dict[str, Any]
+        if order_id is not None:
+            fields = {"order_id": parse_order_id(order_id)}
+        elif isinstance(client_order_id, str) and client_order_id.strip():
+            fields = {"client_order_id": client_order_id}
+        else:
+            raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
+        if include_trades:
+            fields["include_trades"] = True
+        return self._with_account(fields, account)
+
+    @staticmethod
+    def _active_from(data: Any, on_unreadable: Unreadable | None) -> list[Order]:
+        if not isinstance(data, list):
+            raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
+        orders: list[Order] = []
+        for item in data:
+            try:
+                orders.append(Order.from_status(item))
+            except (ValueError, TypeError, ArithmeticError) as err:
+                if on_unreadable is None:
+                    raise
+                problem = err if isinstance(err, ValueError) else ValueError(f"order status: {err}")
+                on_unreadable(item if isinstance(item, Mapping) else {"row": item}, problem)
+        return orders
+
+
+class GeminiClient(ClientCore):
+    """A client for Gemini's private REST API, usable with or without Airflow.
+
+    Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
+    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
+    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
+    answer within `timeout` seconds, and each call, retries and their waits included, ends within
+    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
+    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
+    of the exchange's clock from ours, learnt from the Date header of every answer.
+    """
+
+    def _open_transport(self, sleep: Sleep) -> None:
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+        self._retrying = tenacity.Retrying(sleep=sleep, **self._retry_policy())
+
+    def __enter__(self) -> GeminiClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session (its pooled connections); the client reopens one if used again."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _open_session(self) -> requests.Session:
+        with self._session_lock:
+            if self._session is None:
+                self._session = open_session(self.base_url, USER_AGENT)
+            return self._session
+
+    def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
+        if self._limiter is not None:
+            self._limiter.acquire()
+        seconds, headers = self._signed(path, fields, deadline)
+        session = self._session or self._open_session()
+        return self._answered(path, send(session, self.base_url + path, headers, seconds), seconds)
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    def private(self, path: str, **fields: Any) -> Any:
+        """POST a signed private request and return its decoded JSON answer (fields sent as given)."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path: expected an endpoint path such as '/v1/orders', got {path!r}")
+        return self._post(path, fields)
+
+    def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
+        return self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)
 
     def cancel_order(self, order_id: int | str, account: str | None = None) -> Order:
         """Cancel one order; cancelling an already-cancelled order succeeds with no effect."""
@@ -352,37 +427,15 @@ class GeminiClient:
         account: str | None = None,
     ) -> Order:
         """The status of one order, by order_id or by client_order_id (exactly one of them)."""
-        if (order_id is None) == (client_order_id is None):
-            raise ValueError("order_status: give exactly one of order_id and client_order_id")
-        fields: dict[str, Any]
-        if order_id is not None:
-            fields = {"order_id": parse_order_id(order_id)}
-        elif isinstance(client_order_id, str) and client_order_id.strip():
-            fields = {"client_order_id": client_order_id}
-        else:
-            raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
-        if include_trades:
-            fields["include_trades"] = True
-        return Order.from_status(self._post("/v1/order/status", self._with_account(fields, account)))
+        fields = self._status_fields(order_id, client_order_id, include_trades, account)
+        return Order.from_status(self._post("/v1/order/status", fields))
 
     def active_orders(
         self, account: str | None = None, on_unreadable: Unreadable | None = None
     ) -> list[Order]:
         """The account's live orders. A row that does not read as an order raises ValueError, unless
         `on_unreadable` is given: then it gets the row and the error, and the row is skipped."""
-        data = self._post("/v1/orders", self._with_account({}, account))
-        if not isinstance(data, list):
-            raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
-        orders: list[Order] = []
-        for item in data:
-            try:
-                orders.append(Order.from_status(item))
-            except (ValueError, TypeError, ArithmeticError) as err:
-                if on_unreadable is None:
-                    raise
-                problem = err if isinstance(err, ValueError) else ValueError(f"order status: {err}")
-                on_unreadable(item if isinstance(item, Mapping) else {"row": item}, problem)
-        return orders
+        return self._active_from(self._post("/v1/orders", self._with_account({}, account)), on_unreadable)
 
     def heartbeat(self) -> dict[str, Any]:
         """Keep a Require-Heartbeat session alive (its orders are cancelled after 30 s of silence)."""

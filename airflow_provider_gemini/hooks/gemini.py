@@ -148,6 +148,23 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
     }
 
 
+def watch_share(conn: Any, extra: Mapping[str, Any] | None = None) -> float:
+    """The extra `watch_share`: the fraction of the key's rate limit that deferred sensors' polling
+    may use (empty: DEFAULT_WATCH_SHARE); GeminiConnectionError when it is not in (0, 1]."""
+    from airflow_provider_gemini.polling import DEFAULT_WATCH_SHARE
+
+    value = (conn.extra_dejson if extra is None else extra).get("watch_share")
+    if _blank(value):
+        return DEFAULT_WATCH_SHARE
+    share = _number(value)
+    if share is None or share > 1.0:
+        conn_id = getattr(conn, "conn_id", None) or "?"
+        raise GeminiConnectionError(
+            conn_id, f"watch_share (extra): expected a fraction in (0, 1], got {value!r}"
+        )
+    return share
+
+
 class GeminiHook(BaseHook):
     """Interact with Gemini's private REST API through a `geminiexchange` connection.
 
@@ -155,7 +172,8 @@ class GeminiHook(BaseHook):
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
     master keys), `nonce_mode` (counter | time), `timeout` (seconds for each attempt's whole answer),
     and optionally `call_timeout` (seconds for a call, retries included), `rate_limit_per_minute`
-    (or "off"), `burst` and `max_attempts`.
+    (or "off"), `burst`, `max_attempts` and `watch_share` (the part of the key's rate limit that
+    deferred sensors may poll with).
     """
 
     conn_name_attr = "gemini_conn_id"
@@ -172,8 +190,11 @@ class GeminiHook(BaseHook):
     def client_from_connection(
         cls, conn: Any, extra: Mapping[str, Any] | None = None, **overrides: Any
     ) -> GeminiClient:
-        """A new client for a connection object; `overrides` replace GeminiClient arguments."""
-        return GeminiClient(**{**client_kwargs(conn, extra), **overrides})
+        """A new client for a connection object; `overrides` replace GeminiClient arguments. Every
+        extra is checked, the ones only the triggerer reads (watch_share) included."""
+        kwargs = client_kwargs(conn, extra)
+        watch_share(conn, extra)
+        return GeminiClient(**{**kwargs, **overrides})
 
     def get_client(self) -> GeminiClient:
         """The hook's client, built on first use and kept (one session, one set of stats)."""
