@@ -24,6 +24,7 @@ from airflow_provider_gemini.arguments import (
 )
 from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
 from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
+from airflow_provider_gemini.metrics import HTTP_429, NO_METRICS, REQUEST_LATENCY, RETRY, Metrics
 from airflow_provider_gemini.models import CancelAllResult, Order, Roles
 from airflow_provider_gemini.retrying import (
     NONCE_EXTRA_ATTEMPTS,
@@ -161,8 +162,10 @@ class GeminiClient:
     `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
     answer within `timeout` seconds, and each call, retries and their waits included, ends within
     `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
-    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
-    of the exchange's clock from ours, learnt from the Date header of every answer.
+    drive the retry waits, the call deadline and the rate limiter. `metrics` gets each attempt's
+    latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
+    `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
+    every answer.
     """
 
     def __init__(
@@ -180,6 +183,7 @@ class GeminiClient:
         burst: int = 5,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         if not isinstance(api_key, str) or api_key.split() != [api_key]:
             raise ValueError("api_key: expected a non-empty key without whitespace")
@@ -214,6 +218,7 @@ class GeminiClient:
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self.stats = ClientStats()
+        self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self.server_clock = ServerClock()
         self._clock = clock
         self._retrying = tenacity.Retrying(
@@ -260,7 +265,9 @@ class GeminiClient:
         headers = build_private_headers(self._api_key, self._secret, path, self._nonce(), fields)
         session = self._session or self._open_session()
         self.stats.count_request()
+        sent_at = time.perf_counter()
         answer = send(session, self.base_url + path, headers, seconds)
+        self._measure(REQUEST_LATENCY, (time.perf_counter() - sent_at) * 1000.0)
         if isinstance(answer, Failure):
             # send() returns rather than raises, so no requests exception (it holds the prepared
             # request, signed headers included) rides along as this error's __cause__ or __context__.
@@ -270,6 +277,8 @@ class GeminiClient:
             raise ServiceError(message, reason="ConnectionError")
         self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
         status = answer.status
+        if status == 429:
+            self._count(HTTP_429)
         if not 200 <= status < 300:
             raise error_from_response(status, answer.headers, answer.body)
         try:
@@ -289,6 +298,7 @@ class GeminiClient:
         exc = state.outcome.exception() if state.outcome is not None else None
         kind = exc.kind if isinstance(exc, GeminiError) else "unknown"
         self.stats.count_retry(kind)
+        self._count(RETRY.format(kind=kind))
         sleep = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
             "Gemini %s failed (%s); attempt %d in %.2f s",
@@ -297,6 +307,19 @@ class GeminiClient:
             state.attempt_number + 1,
             sleep,
         )
+
+    def _count(self, name: str) -> None:
+        # A metrics backend that fails must never fail a cancel.
+        try:
+            self.metrics.incr(name)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
+
+    def _measure(self, name: str, milliseconds: float) -> None:
+        try:
+            self.metrics.timing(name, milliseconds)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
 
     # -- API ---------------------------------------------------------------------------------------
 

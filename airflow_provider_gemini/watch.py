@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_gemini.exceptions import GeminiError
 from airflow_provider_gemini.models import Order
+from airflow_provider_gemini.recording import CancelRecorder
 from airflow_provider_gemini.report import OUTCOMES, CancelReport, Log
 
 if TYPE_CHECKING:
@@ -144,11 +145,19 @@ class OrderWatch:
 
     # -- polling -------------------------------------------------------------------------------------
 
-    def poll(self, client: GeminiClient, *, request_cancel: bool, log: Log) -> PollResult:
-        """Read the pending orders (and cancel the live ones when `request_cancel`); blocking I/O."""
+    def poll(
+        self,
+        client: GeminiClient,
+        *,
+        request_cancel: bool,
+        log: Log,
+        recorder: CancelRecorder | None = None,
+    ) -> PollResult:
+        """Read the pending orders (and cancel the live ones when `request_cancel`, each answer filed
+        with `recorder`: audit trail, metrics); blocking I/O."""
         requests, retries = client.stats.requests, client.stats.retries
         try:
-            transient, live = self._poll(client, request_cancel, log)
+            transient, live = self._poll(client, request_cancel, log, recorder or CancelRecorder())
         finally:
             self.report.set_stats(
                 requests=int(self.report.stats.get("requests", 0)) + client.stats.requests - requests,
@@ -162,7 +171,9 @@ class OrderWatch:
             return PollResult(transient=transient, live=live)
         return PollResult(done=not self.pending(), live=live)
 
-    def _poll(self, client: GeminiClient, request_cancel: bool, log: Log) -> tuple[str | None, int]:
+    def _poll(
+        self, client: GeminiClient, request_cancel: bool, log: Log, recorder: CancelRecorder
+    ) -> tuple[str | None, int]:
         pending = self.pending()
         if not pending:
             return None, 0
@@ -181,14 +192,22 @@ class OrderWatch:
         live = 0
         for oid in pending:
             key = str(oid)
+            cancelling: Order | None = None
+            sent = 0
             try:
                 order = listed.get(key) if listed is not None else None
                 if order is None:
                     order = client.order_status(order_id=oid, account=self.account)
                 if order.state == "live" and request_cancel:
                     self.cancel_sent.add(key)
+                    cancelling, sent = order, client.stats.requests
+                    recorder.request_sent()
                     order = client.cancel_order(oid, account=self.account)
             except GeminiError as err:
+                if cancelling is not None:
+                    recorder.failed(
+                        err, order_id=key, requests=client.stats.requests - sent, order=cancelling
+                    )
                 if err.transient:
                     return f"order {key}: {err}", live
                 if err.kind == "order_not_found":
@@ -204,6 +223,12 @@ class OrderWatch:
                     oid, "invalid_request", None, f"the exchange answered for order {order.order_id}"
                 )
                 continue
+            if cancelling is not None:
+                state = order.state
+                outcome = (
+                    "cancelled" if state == "cancelled" else "still_live" if state == "live" else "filled"
+                )
+                recorder.answered(outcome, order=order, requests=client.stats.requests - sent)
             live += self._settle(order, log)
         return None, live
 
