@@ -26,6 +26,36 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_gemini.cancelling import CancelRun
+    from airflow_provider_gemini.recording import CancelRecorder
+
+
+def emit_outlet_events(
+    task: BaseOperator, context: Context, report: dict[str, Any], recorder: CancelRecorder | None
+) -> None:
+    """Put the report's counts and ids (bounded) on the event of every Asset in the task's `outlets`;
+    Airflow emits it when the task succeeds, and DAGs scheduled on the asset get it as their trigger."""
+    from airflow.sdk import Asset
+
+    from airflow_provider_gemini.report import event_extra
+
+    assets = [outlet for outlet in task.outlets if isinstance(outlet, Asset)]
+    if not assets:
+        return
+    ti = context.get("ti")
+    trail = None if recorder is None else recorder.trail
+    extra = event_extra(
+        report,
+        dag_id=getattr(ti, "dag_id", None),
+        run_id=getattr(ti, "run_id", None),
+        task_id=getattr(ti, "task_id", None),
+        map_index=getattr(ti, "map_index", None),
+        try_number=getattr(ti, "try_number", None),
+        conn_id=getattr(task, "gemini_conn_id", None),
+        audit_trail=None if trail is None else str(trail.root),
+    )
+    events = context["outlet_events"]
+    for asset in assets:
+        events[asset].extra.update(extra)
 
 
 class GeminiCancelBase(BaseOperator):
@@ -154,6 +184,7 @@ class GeminiCancelBase(BaseOperator):
             raise AirflowFailException(run.verdict(self.do_xcom_push))
         if run.transient or run.terminated:
             raise AirflowException(run.verdict(self.do_xcom_push))
+        emit_outlet_events(self, context, data, recorder)
         return data
 
     def _run(self, run: CancelRun, arguments: dict[str, Any]) -> None:

@@ -176,8 +176,16 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         """Poke once on the worker (sending the cancels), then wait in the triggerer when deferrable."""
         if not self.deferrable:
-            return super().execute(context)
-        return self._poke_then_defer(context)
+            return self._emit(context, super().execute(context))
+        return self._emit(context, self._poke_then_defer(context))
+
+    def _emit(self, context: Context, report: Any) -> Any:
+        """On success: the report's counts and ids on the event of every Asset in `outlets`."""
+        if isinstance(report, dict):
+            from airflow_provider_gemini.operators.base import emit_outlet_events
+
+            emit_outlet_events(self, context, report, self._recorder)
+        return report
 
     def poke(self, context: Context) -> PokeReturnValue:
         """One look at the pending orders (plus their cancels when `request_cancel`)."""
@@ -287,10 +295,10 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
             state=state,
         )
         if status == WatchStatus.SUCCESS:
-            return self._done(self._watch).xcom_value
+            return self._emit(context, self._done(self._watch).xcom_value)
         if status == WatchStatus.CANCEL_NEEDED:
             self.log.info("%s", message)
-            return self._poke_then_defer(context)
+            return self._emit(context, self._poke_then_defer(context))
         self._push_report(context, self._watch.final_report())
         if status == WatchStatus.TIMEOUT:
             raise AirflowSensorTimeout(f"Sensor has timed out: {message}")

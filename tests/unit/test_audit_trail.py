@@ -251,3 +251,49 @@ def test_a_torn_last_line_is_skipped_and_the_rest_kept(tmp_path: Path) -> None:
     with trail.path.open("a") as file:
         file.write('{"v": 1, "order_id": "2", "outc')
     assert [line["order_id"] for line in read_trail(tmp_path, run_id="r")] == ["1"]
+
+
+# -- outlets: the asset event's extra ---------------------------------------------------------------
+
+
+def outlet_events() -> Any:
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    return defaultdict(lambda: SimpleNamespace(extra={}))
+
+
+def test_the_operator_and_the_sensor_put_counts_and_bounded_ids_on_their_assets(
+    exchange: GeminiExchange, tmp_path: Path
+) -> None:
+    from airflow.sdk import Asset
+
+    from airflow_provider_gemini.report import event_extra
+
+    asset = Asset("desk_cancels")
+    ids = [exchange.place_order(exchange.api_key)["order_id"] for _ in range(3)]
+    op = GeminiCancelOrderOperator(
+        task_id="cancel", order_id=ids[:2], outlets=[asset], audit_trail=str(tmp_path)
+    )
+    events = outlet_events()
+    report = op.execute({"ti": TaskTI("cancel"), "params": {}, "outlet_events": events})  # type: ignore[arg-type]
+    extra = events[asset].extra
+    assert extra["counts"]["cancelled"] == 2 and extra["cancelled"] == report["cancelled"]
+    assert (extra["dag_id"], extra["task_id"], extra["run_id"], extra["try_number"]) == (
+        "desk",
+        "cancel",
+        TaskTI.run_id,
+        1,
+    )
+    assert extra["audit_trail"] == str(tmp_path) and extra["omitted"] == {}
+    json.dumps(extra)  # plain JSON, as Airflow stores it
+
+    sensor = GeminiOrderCancelledSensor(task_id="wait", order_id=ids[2], outlets=[asset], timeout=30)
+    events = outlet_events()
+    sensor.execute({"ti": TaskTI("wait"), "params": {}, "outlet_events": events})  # type: ignore[arg-type]
+    assert events[asset].extra["cancelled"] == [str(ids[2])] and events[asset].extra["audit_trail"] is None
+
+    big = {"cancelled": [str(i) for i in range(7)], "failed": [{"order_id": None, "kind": "x"}]}
+    bounded = event_extra(big, max_ids=5, run_id="r")
+    assert bounded["cancelled"] == ["0", "1", "2", "3", "4"] and bounded["omitted"] == {"cancelled": 2}
+    assert bounded["failed"] == [None] and bounded["counts"]["cancelled"] == 7 and bounded["run_id"] == "r"
