@@ -68,6 +68,17 @@ _CONN_FIELDS: dict[str, Any] = {
         "schema": {"type": ["integer", "null"], "minimum": 1},
         "description": "Tries of one request (first one included) on transient errors (empty: 5).",
     },
+    "audit_trail": {
+        "label": "Audit trail",
+        "schema": {"type": ["string", "null"]},
+        "description": "Where every cancel is recorded as a JSON line: default ($AIRFLOW_HOME/gemini_audit), "
+        "an absolute path, or a URL such as s3://bucket/gemini-audit (empty: off).",
+    },
+    "audit_trail_conn_id": {
+        "label": "Audit trail connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "The Airflow connection an object store Audit trail URL is opened with (empty: none).",
+    },
 }
 
 
