@@ -100,8 +100,9 @@ class AsyncGeminiClient(ClientCore):
         # take turns from signing to answer, instead of overtaking each other into InvalidNonce.
         async with self._turn:
             seconds, headers = self._signed(path, fields, deadline)
+            started = time.perf_counter()
             answer = await self._send(self.base_url + path, headers, seconds)
-        return self._answered(path, answer, seconds)
+        return self._answered(path, answer, seconds, started)
 
     async def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
         return await self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)

@@ -24,6 +24,7 @@ from airflow_provider_gemini.arguments import (
 )
 from airflow_provider_gemini.auth import NONCE_MODES, build_private_headers, nonce_source
 from airflow_provider_gemini.exceptions import GeminiError, ServiceError, error_from_response
+from airflow_provider_gemini.metrics import HTTP_429, NO_METRICS, REQUEST_LATENCY, RETRY, Metrics
 from airflow_provider_gemini.models import CancelAllResult, Order, Roles
 from airflow_provider_gemini.retrying import (
     NONCE_EXTRA_ATTEMPTS,
@@ -180,6 +181,7 @@ class ClientCore:
         burst: int = 5,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         if not isinstance(api_key, str) or api_key.split() != [api_key]:
             raise ValueError("api_key: expected a non-empty key without whitespace")
@@ -211,6 +213,7 @@ class ClientCore:
         self._is_master = api_key.startswith("master-")
         self._nonce = nonce_source(nonce_mode, api_key)
         self.stats = ClientStats()
+        self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self.server_clock = ServerClock()
         self._clock = clock
         self._open_transport(sleep)
@@ -249,8 +252,10 @@ class ClientCore:
         self.stats.count_request()
         return seconds, headers
 
-    def _answered(self, path: str, answer: Answer | Failure, seconds: float) -> Any:
-        """The decoded JSON of a complete 2xx answer; the GeminiError for anything else."""
+    def _answered(self, path: str, answer: Answer | Failure, seconds: float, started: float) -> Any:
+        """The decoded JSON of a complete 2xx answer; the GeminiError for anything else. `started`
+        (perf_counter) is when the attempt was sent, for the latency metric."""
+        self._measure(REQUEST_LATENCY, (time.perf_counter() - started) * 1000.0)
         if isinstance(answer, Failure):
             # The transport returns rather than raises, so no HTTP library exception (it holds the
             # signed request) rides along as this error's __cause__ or __context__.
@@ -260,6 +265,8 @@ class ClientCore:
             raise ServiceError(message, reason="ConnectionError")
         self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
         status = answer.status
+        if status == 429:
+            self._count(HTTP_429)
         if not 200 <= status < 300:
             raise error_from_response(status, answer.headers, answer.body)
         try:
@@ -279,6 +286,7 @@ class ClientCore:
         exc = state.outcome.exception() if state.outcome is not None else None
         kind = exc.kind if isinstance(exc, GeminiError) else "unknown"
         self.stats.count_retry(kind)
+        self._count(RETRY.format(kind=kind))
         sleep = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning(
             "Gemini %s failed (%s); attempt %d in %.2f s",
@@ -287,6 +295,19 @@ class ClientCore:
             state.attempt_number + 1,
             sleep,
         )
+
+    def _count(self, name: str) -> None:
+        # A metrics backend that fails must never fail a cancel.
+        try:
+            self.metrics.incr(name)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
+
+    def _measure(self, name: str, milliseconds: float) -> None:
+        try:
+            self.metrics.timing(name, milliseconds)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
 
     # -- the requests' fields and answers, for both clients ------------------------------------------
 
@@ -354,8 +375,10 @@ class GeminiClient(ClientCore):
     `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
     answer within `timeout` seconds, and each call, retries and their waits included, ends within
     `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
-    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
-    of the exchange's clock from ours, learnt from the Date header of every answer.
+    drive the retry waits, the call deadline and the rate limiter. `metrics` gets each attempt's
+    latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
+    `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
+    every answer.
     """
 
     def _open_transport(self, sleep: Sleep) -> None:
@@ -391,7 +414,8 @@ class GeminiClient(ClientCore):
             self._limiter.acquire()
         seconds, headers = self._signed(path, fields, deadline)
         session = self._session or self._open_session()
-        return self._answered(path, send(session, self.base_url + path, headers, seconds), seconds)
+        started = time.perf_counter()
+        return self._answered(path, send(session, self.base_url + path, headers, seconds), seconds, started)
 
     # -- API ---------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_gemini.exceptions import GeminiError
 from airflow_provider_gemini.models import Order
+from airflow_provider_gemini.recording import CancelRecorder
 from airflow_provider_gemini.report import OUTCOMES, CancelReport, Log
 
 if TYPE_CHECKING:
@@ -144,16 +145,26 @@ class OrderWatch:
 
     # -- polling -------------------------------------------------------------------------------------
 
-    def poll(self, client: GeminiClient, *, request_cancel: bool, log: Log) -> PollResult:
-        """Read the pending orders (and cancel the live ones when `request_cancel`); blocking I/O."""
+    def poll(
+        self,
+        client: GeminiClient,
+        *,
+        request_cancel: bool,
+        log: Log,
+        recorder: CancelRecorder | None = None,
+    ) -> PollResult:
+        """Read the pending orders (and cancel the live ones when `request_cancel`, each answer filed
+        with `recorder`: audit trail, metrics); blocking I/O."""
         requests, retries = client.stats.requests, client.stats.retries
         try:
-            transient, live = self._poll(client, request_cancel, log)
+            transient, live = self._poll(client, request_cancel, log, recorder or CancelRecorder())
         finally:
             self.add_requests(client.stats.requests - requests, client.stats.retries - retries)
         return self.verdict(transient, live)
 
-    def _poll(self, client: GeminiClient, request_cancel: bool, log: Log) -> tuple[str | None, int]:
+    def _poll(
+        self, client: GeminiClient, request_cancel: bool, log: Log, recorder: CancelRecorder
+    ) -> tuple[str | None, int]:
         pending = self.pending()
         if not pending:
             return None, 0
@@ -167,16 +178,30 @@ class OrderWatch:
         for oid in pending:
             key = str(oid)
             answer: Order | Exception
+            cancelling: Order | None = None
+            sent = 0
             try:
                 order = listed.get(key) if listed is not None else None
                 if order is None:
                     order = client.order_status(order_id=oid, account=self.account)
                 if order.state == "live" and request_cancel:
                     self.cancel_sent.add(key)
+                    cancelling, sent = order, client.stats.requests
+                    recorder.request_sent()
                     order = client.cancel_order(oid, account=self.account)
                 answer = order
             except (GeminiError, ValueError) as err:
+                if cancelling is not None and isinstance(err, GeminiError):
+                    recorder.failed(
+                        err, order_id=key, requests=client.stats.requests - sent, order=cancelling
+                    )
                 answer = err
+            if cancelling is not None and isinstance(answer, Order) and answer.order_id == key:
+                state = answer.state
+                outcome = (
+                    "cancelled" if state == "cancelled" else "still_live" if state == "live" else "filled"
+                )
+                recorder.answered(outcome, order=answer, requests=client.stats.requests - sent)
             transient, counted = self.take_answer(oid, answer, log)
             if transient:
                 return transient, live

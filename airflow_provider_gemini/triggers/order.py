@@ -104,7 +104,7 @@ class GeminiOrderStatusTrigger(BaseTrigger):
         from airflow.sdk import BaseHook
 
         from airflow_provider_gemini.async_client import AsyncGeminiClient
-        from airflow_provider_gemini.hooks.gemini import client_kwargs, watch_share
+        from airflow_provider_gemini.hooks.gemini import StatsMetrics, client_kwargs, watch_share
         from airflow_provider_gemini.polling import SharedPoller, shared_poller
 
         conn = await BaseHook.aget_connection(self.gemini_conn_id)
@@ -114,7 +114,8 @@ class GeminiOrderStatusTrigger(BaseTrigger):
         account = self.account if self.account is not None else kwargs["account"]
 
         def build() -> SharedPoller:
-            return SharedPoller(AsyncGeminiClient(**kwargs), account, share=share)
+            client = AsyncGeminiClient(**kwargs, metrics=StatsMetrics(self.gemini_conn_id))
+            return SharedPoller(client, account, share=share)
 
         return shared_poller((self.gemini_conn_id, account), build)
 

@@ -83,6 +83,8 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
         for name in sorted(
             [
                 "account",
+                "audit_trail",
+                "audit_trail_conn_id",
                 "burst",
                 "call_timeout",
                 "environment",
