@@ -92,6 +92,7 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
                 "nonce_mode",
                 "rate_limit_per_minute",
                 "timeout",
+                "watch_share",
             ]
         )
     ]
