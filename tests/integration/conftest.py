@@ -20,6 +20,7 @@ DEPLOYED_DAGS = (
     "gemini_cancel_stale_orders",
     "gemini_end_of_session",
     "gemini_sensor_deferrable_watch",
+    "gemini_sensor_deferrable_many",
 )
 
 
