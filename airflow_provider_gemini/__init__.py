@@ -98,6 +98,23 @@ _CONN_FIELDS: dict[str, Any] = {
         "schema": {"type": ["integer", "null"], "minimum": 1},
         "description": "Tries of one request (first one included) on transient errors (empty: 5).",
     },
+    "watch_share": {
+        "label": "Watch share of the rate limit",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+        "description": "Fraction of the key's rate limit that deferred sensors may poll with, "
+        "all triggers of the key together (empty: 0.25).",
+    },
+    "audit_trail": {
+        "label": "Audit trail",
+        "schema": {"type": ["string", "null"]},
+        "description": "Where every cancel is recorded as a JSON line: default ($AIRFLOW_HOME/gemini_audit), "
+        "an absolute path, or a URL such as s3://bucket/gemini-audit (empty: off).",
+    },
+    "audit_trail_conn_id": {
+        "label": "Audit trail connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "The Airflow connection an object store Audit trail URL is opened with (empty: none).",
+    },
 }
 
 

@@ -336,3 +336,27 @@ def parse_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     return value
+
+
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def parse_audit_trail(value: object, name: str = "audit_trail") -> str | None:
+    """Where the audit trail goes: None (the connection decides; off when it says nothing), "off",
+    "default" ($AIRFLOW_HOME/gemini_audit), an absolute local path, or a URL (file://, s3://, gs://...)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"{name}: expected 'off', 'default', an absolute path or a URL such as s3://bucket/audit, "
+            f"got {show(value)}"
+        )
+    text = value.strip()
+    if text.lower() in ("off", "default"):
+        return text.lower()
+    if text.startswith("/") or _URL_SCHEME.fullmatch(text):
+        return text
+    raise ValueError(
+        f"{name}: expected 'off', 'default', an absolute path or a URL such as s3://bucket/audit, "
+        f"got {show(value)}"
+    )

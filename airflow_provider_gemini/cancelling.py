@@ -3,7 +3,8 @@ later passes until the run's deadline, and stop early only on key-level errors o
 
 No Airflow here: the operators build a CancelRun from their arguments, call `cancel_ids`,
 `cancel_everything` or `stale.cancel_stale`, and turn the run's verdict into a task outcome. Every answered
-cancel is logged the moment it arrives, so a task killed part-way leaves a record of what it did.
+cancel is logged, and filed with the run's CancelRecorder (audit trail, metrics), the moment it arrives,
+so a task killed part-way leaves a record of what it did.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_gemini.exceptions import GeminiError
+from airflow_provider_gemini.exceptions import GeminiError, InvalidRequestError
 from airflow_provider_gemini.models import Order
+from airflow_provider_gemini.recording import CancelRecorder
 from airflow_provider_gemini.report import CancelReport, Log
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class CancelRun:
     deadline: float | None = None
     sleep: Callable[[float], None] = time.sleep
     report: CancelReport = field(default_factory=CancelReport)
+    recorder: CancelRecorder = field(default_factory=CancelRecorder)
     fatal: list[str] = field(default_factory=list)
     stop: GeminiError | None = None
     terminated: str | None = None
@@ -158,17 +161,25 @@ class CancelRun:
         self.extra_stats["listed"] = len(orders)
         return orders
 
-    def cancel(self, order_id: int, was_live: bool | None) -> bool:
-        """Send one /v1/order/cancel and file the answer; `was_live` None: the listing was unavailable.
-        Returns False when it failed transiently (worth another pass)."""
+    def cancel(self, order_id: int, was_live: bool | None, listed: Order | None = None) -> bool:
+        """Send one /v1/order/cancel and file the answer; `was_live` None: the listing was unavailable;
+        `listed`: the order as the listing showed it. Returns False when it failed transiently (worth
+        another pass)."""
+        sent = self.client.stats.requests
+        self.recorder.request_sent()
         try:
             order = self.client.cancel_order(order_id, account=self.account)
         except GeminiError as error:
+            self.recorder.failed(
+                error, order_id=order_id, requests=self.client.stats.requests - sent, order=listed
+            )
             self.error(order_id, error)
             return not error.retryable
+        requests = self.client.stats.requests - sent
         self._transient.pop(str(order_id), None)
         if order.state == "cancelled":
             outcome = "already_cancelled" if was_live is False else "cancelled"
+            self.recorder.answered(outcome, order=order, requests=requests)
             self.report.record(order, outcome)
             self.log.info(
                 "Order %s: %s (%s %s %s @ %s, remaining %s)",
@@ -181,12 +192,14 @@ class CancelRun:
                 order.remaining_amount,
             )
         elif order.state == "live":
+            self.recorder.answered("still_live", order=order, requests=requests)
             self.report.fail(
                 order.order_id, "service_error", None, "still live after the cancel was answered", order
             )
             self._transient[order.order_id] = f"order {order.order_id}: still live"
             return False
         else:
+            self.recorder.answered("filled", order=order, requests=requests)
             self._filled(order)
         return True
 
@@ -318,7 +331,7 @@ def cancel_ids(run: CancelRun, order_ids: list[int], dry_run: bool) -> None:
             return run.inspect(order_id)
         # An id whose row could not be read is of unknown state: its answer says cancelled, no more.
         unknown = live is None or str(order_id) in run.unreadable
-        return run.cancel(order_id, was_live=None if unknown else listed is not None)
+        return run.cancel(order_id, was_live=None if unknown else listed is not None, listed=listed)
 
     run.in_passes(order_ids, attempt, lambda order_id: order_id)
 
@@ -341,18 +354,25 @@ def cancel_everything(run: CancelRun, scope: str, dry_run: bool, fail_on_reject:
         return
     path = f"/v1/order/cancel/{scope}"
     before = run.list_live(f"listing live orders before {path}")
-    retries = run.client.stats.retries
+    retries, sent = run.client.stats.retries, run.client.stats.requests
     send = run.client.cancel_session_orders if scope == "session" else run.client.cancel_all_orders
+    run.recorder.request_sent()
     try:
         result = send(account=run.account)
     except GeminiError as error:
+        run.recorder.failed(error, order_id=None, requests=run.client.stats.requests - sent, endpoint=path)
         run.error(None, error, path)
         if error.retryable and before is not None:
             _reconcile(run, path, before, answered=(), lost=error.kind)
         return
+    # The one bulk request's attempts are on each of its lines (`requests`), the same number on each.
+    requests = run.client.stats.requests - sent
     for order_id in result.cancelled:
+        run.recorder.answered("cancelled", order_id=order_id, requests=requests, endpoint=path)
         run.report.record(order_id, "cancelled")
     for order_id in result.rejected:
+        rejected = InvalidRequestError(f"{path} rejected this order's cancel", reason="CancelRejected")
+        run.recorder.failed(rejected, order_id=order_id, requests=requests, endpoint=path)
         run.report.fail(order_id, "invalid_request", "CancelRejected", f"{path} rejected this order's cancel")
         if fail_on_reject:
             run.fatal.append(f"order {order_id}: cancel rejected")
@@ -393,8 +413,10 @@ def _reconcile(
             run.error(order.order_id, error, f"status of {order.order_id} after {path}")
             continue
         if status.state == "cancelled":
+            run.recorder.answered("cancelled", order=status, requests=0, endpoint=path, reconciled=True)
             run.report.record(status, "cancelled")
         elif status.state != "live":
+            run.recorder.answered("filled", order=status, requests=0, endpoint=path, reconciled=True)
             run._filled(status)
         else:
             continue

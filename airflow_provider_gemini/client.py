@@ -31,6 +31,7 @@ from airflow_provider_gemini.exceptions import (
     ServiceError,
     error_from_response,
 )
+from airflow_provider_gemini.metrics import HTTP_429, NO_METRICS, REQUEST_LATENCY, RETRY, Metrics
 from airflow_provider_gemini.models import CancelAllResult, Order, Roles
 from airflow_provider_gemini.oauth import REQUIRED_SCOPE, BearerAuth, OAuthSession
 from airflow_provider_gemini.retrying import (
@@ -45,6 +46,7 @@ from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
     "CancelAllResult",
+    "ClientCore",
     "ClientStats",
     "GeminiClient",
     "RateLimiter",
@@ -58,6 +60,7 @@ SANDBOX_URL = "https://api.sandbox.gemini.com"
 
 RATE_SAFETY_MARGIN = 0.015
 DEFAULT_CALL_TIMEOUT = 60.0
+USER_AGENT = f"airflow-provider-gemini/{__version__}"
 
 Unreadable = Callable[[Mapping[str, Any], ValueError], None]
 
@@ -126,17 +129,21 @@ class RateLimiter:
         self._stamp = clock()
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds slept."""
+    def reserve(self) -> float:
+        """Take one token now and return the seconds until it is due (0 when one was there); the
+        caller waits that long, with whatever sleep suits it (the async client awaits it)."""
         with self._lock:
             now = self._clock()
             tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1.0
             self._tokens = tokens
             self._stamp = now
-        if tokens >= 0.0:
-            return 0.0
-        wait = -tokens / self.rate
-        self._sleep(wait)
+        return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds slept."""
+        wait = self.reserve()
+        if wait > 0.0:
+            self._sleep(wait)
         return wait
 
 
@@ -161,19 +168,10 @@ def _masked(api_key: str) -> str:
     return f"{prefix}-***" if dash and len(prefix) <= 8 else "***"
 
 
-class GeminiClient:
-    """A client for Gemini's private REST API, usable with or without Airflow.
-
-    Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
-    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
-    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
-    answer within `timeout` seconds, and each call, retries and their waits included, ends within
-    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
-    drive the retry waits, the call deadline and the rate limiter. `server_clock` holds the offset
-    of the exchange's clock from ours, learnt from the Date header of every answer.
-
-    Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
-    tokens, no nonce, the token refreshed before it expires and once more after a 401).
+class ClientCore:
+    """What the sync and the async client share: settings and their checks, signing with fresh nonces,
+    the key's pacing, the retry policy, the answer-to-error mapping, and the requests' fields and
+    parsing. A subclass only moves bytes: `GeminiClient` with requests, `AsyncGeminiClient` with httpx.
     """
 
     def __init__(
@@ -192,6 +190,7 @@ class GeminiClient:
         burst: int = 5,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         if oauth is not None:
             if api_key is not None or api_secret is not None:
@@ -214,6 +213,11 @@ class GeminiClient:
         self.call_timeout = parse_positive(call_timeout, "call_timeout")
         self.max_attempts = parse_positive_int(max_attempts, "max_attempts")
         burst = parse_positive_int(burst, "burst")
+        self.rate_limit_per_minute = (
+            None
+            if rate_limit_per_minute is None
+            else parse_positive(rate_limit_per_minute, "rate_limit_per_minute")
+        )
         self.oauth = oauth
         self._auth: RequestAuth
         if oauth is not None:
@@ -225,33 +229,208 @@ class GeminiClient:
             self._is_master = api_key.startswith("master-")
         self._limiter = (
             None
-            if rate_limit_per_minute is None
+            if self.rate_limit_per_minute is None
             else _shared_limiter(
-                self._auth.identity,
-                parse_positive(rate_limit_per_minute, "rate_limit_per_minute"),
-                burst,
-                sleep=sleep,
-                clock=clock,
+                self._auth.identity, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock
             )
         )
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
         self.stats = ClientStats()
+        self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self.server_clock = ServerClock()
         self._clock = clock
-        self._retrying = tenacity.Retrying(
-            stop=stop_after_attempts_or_nonce_grace(self.max_attempts) | stop_at_call_deadline(clock),
-            retry=retry_if_safe_to_repeat,
-            wait=wait_for_gemini(nonce_mode),
-            before_sleep=self._before_sleep,
-            sleep=sleep,
-            reraise=True,
-        )
+        self._open_transport(sleep)
+
+    def _open_transport(self, sleep: Sleep) -> None:
+        """Set up what the subclass sends with (nothing is connected until the first request)."""
+        raise NotImplementedError
+
+    def _retry_policy(self) -> dict[str, Any]:
+        """The tenacity arguments both clients retry with (each adds its own `sleep`)."""
+        return {
+            "stop": stop_after_attempts_or_nonce_grace(self.max_attempts)
+            | stop_at_call_deadline(self._clock),
+            "retry": retry_if_safe_to_repeat,
+            "wait": wait_for_gemini(self.nonce_mode),
+            "before_sleep": self._before_sleep,
+            "reraise": True,
+        }
 
     def __repr__(self) -> str:
         if self.oauth is not None:
-            return f"GeminiClient(base_url={self.base_url!r}, oauth={self.oauth.label!r})"
-        return f"GeminiClient(base_url={self.base_url!r}, api_key={_masked(self._auth.identity)!r})"
+            return f"{type(self).__name__}(base_url={self.base_url!r}, oauth={self.oauth.label!r})"
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={_masked(self._auth.identity)!r})"
+
+    def _token_request(self, fields: Mapping[str, str]) -> Any:
+        """POST a grant to the OAuth token endpoint; only a client that sends with its own transport
+        (the sync one) refreshes tokens."""
+        raise NotImplementedError
+
+    # -- one attempt, around the transport ----------------------------------------------------------
+
+    def _seconds(self, label: str, deadline: float) -> float:
+        """The seconds the next HTTP exchange may take (its timeout, within the call's deadline);
+        counts the request, since it is about to be sent."""
+        seconds = min(self.timeout, deadline - self._clock())
+        if seconds <= 0.0:
+            raise self._timeout_error(label, 0.0)
+        self.stats.count_request()
+        return seconds
+
+    def _answered(
+        self, label: str, url: str, answer: Answer | Failure, seconds: float, started: float
+    ) -> Answer:
+        """A complete answer, or the ServiceError for none; `started` (perf_counter) is when the
+        request left, for the latency metric."""
+        self._measure(REQUEST_LATENCY, (time.perf_counter() - started) * 1000.0)
+        if isinstance(answer, Failure):
+            # The transport returns rather than raises, so no HTTP library exception (it holds the
+            # signed request) rides along as this error's __cause__ or __context__.
+            if answer.timed_out:
+                raise self._timeout_error(label, seconds)
+            host = url.split("/", 3)[2] if "://" in url else url
+            raise ServiceError(
+                f"{label}: connection to {host} failed ({answer.error})", reason="ConnectionError"
+            )
+        if url.startswith(self.base_url):
+            self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
+        return answer
+
+    def _decoded(self, path: str, answer: Answer) -> Any:
+        """The decoded JSON of a 2xx answer; the GeminiError for anything else."""
+        status = answer.status
+        if status == 429:
+            self._count(HTTP_429)
+        if not 200 <= status < 300:
+            error = error_from_response(status, answer.headers, answer.body)
+            if self.oauth is not None and error.kind == "missing_role":
+                # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
+                needed = REQUIRED_SCOPE.get(path, "a scope")
+                raise MissingScopeError(
+                    f"{path} needs the OAuth scope {needed}, which the token of connection "
+                    f"{self.oauth.label!r} lacks: {error.message}",
+                    reason=error.reason,
+                    status=status,
+                ) from None
+            raise error
+        try:
+            return decode_json(answer.body)
+        except ValueError:
+            raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+
+    def _timeout_error(self, path: str, seconds: float) -> ServiceError:
+        """The error for an attempt cut short: by its own `timeout`, or by the call's deadline."""
+        if seconds >= self.timeout:
+            return ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout")
+        return ServiceError(
+            f"{path}: no answer within the call deadline of {self.call_timeout:g} s", reason="Deadline"
+        )
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        kind = exc.kind if isinstance(exc, GeminiError) else "unknown"
+        self.stats.count_retry(kind)
+        self._count(RETRY.format(kind=kind))
+        sleep = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning(
+            "Gemini %s failed (%s); attempt %d in %.2f s",
+            state.args[0],
+            exc,
+            state.attempt_number + 1,
+            sleep,
+        )
+
+    def _count(self, name: str) -> None:
+        # A metrics backend that fails must never fail a cancel.
+        try:
+            self.metrics.incr(name)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
+
+    def _measure(self, name: str, milliseconds: float) -> None:
+        try:
+            self.metrics.timing(name, milliseconds)
+        except Exception:
+            log.debug("metric %s not sent", name, exc_info=True)
+
+    # -- the requests' fields and answers, for both clients ------------------------------------------
+
+    @property
+    def clock_offset(self) -> float | None:
+        """Seconds the exchange's clock is ahead of this host's (negative: behind); None until an
+        answer carrying a Date header arrived."""
+        return self.server_clock.offset
+
+    def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
+        chosen = self.account if account is None else account
+        if chosen is None:
+            if self._is_master:
+                raise ValueError(
+                    "account: a master API key must name the account (its nickname) on every order "
+                    "request; pass account= or set it on the connection"
+                )
+            return fields
+        if not isinstance(chosen, str) or not chosen.strip():
+            raise ValueError(f"account: expected a non-empty account nickname, got {chosen!r}")
+        fields["account"] = chosen
+        return fields
+
+    def _status_fields(
+        self,
+        order_id: int | str | None,
+        client_order_id: str | None,
+        include_trades: bool,
+        account: str | None,
+    ) -> dict[str, Any]:
+        if (order_id is None) == (client_order_id is None):
+            raise ValueError("order_status: give exactly one of order_id and client_order_id")
+        fields: dict[str, Any]
+        if order_id is not None:
+            fields = {"order_id": parse_order_id(order_id)}
+        elif isinstance(client_order_id, str) and client_order_id.strip():
+            fields = {"client_order_id": client_order_id}
+        else:
+            raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
+        if include_trades:
+            fields["include_trades"] = True
+        return self._with_account(fields, account)
+
+    @staticmethod
+    def _active_from(data: Any, on_unreadable: Unreadable | None) -> list[Order]:
+        if not isinstance(data, list):
+            raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
+        orders: list[Order] = []
+        for item in data:
+            try:
+                orders.append(Order.from_status(item))
+            except (ValueError, TypeError, ArithmeticError) as err:
+                if on_unreadable is None:
+                    raise
+                problem = err if isinstance(err, ValueError) else ValueError(f"order status: {err}")
+                on_unreadable(item if isinstance(item, Mapping) else {"row": item}, problem)
+        return orders
+
+
+class GeminiClient(ClientCore):
+    """A client for Gemini's private REST API, usable with or without Airflow.
+
+    Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
+    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
+    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
+    answer within `timeout` seconds, and each call, retries and their waits included, ends within
+    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
+    drive the retry waits, the call deadline and the rate limiter. `metrics` gets each attempt's
+    latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
+    `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
+    every answer.
+
+    Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
+    tokens, no nonce, the token refreshed before it expires and once more after a 401).
+    """
+
+    def _open_transport(self, sleep: Sleep) -> None:
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+        self._retrying = tenacity.Retrying(sleep=sleep, **self._retry_policy())
 
     def __enter__(self) -> GeminiClient:
         return self
@@ -273,7 +452,7 @@ class GeminiClient:
     def _open_session(self) -> requests.Session:
         with self._session_lock:
             if self._session is None:
-                self._session = open_session(self.base_url, f"airflow-provider-gemini/{__version__}")
+                self._session = open_session(self.base_url, USER_AGENT)
             return self._session
 
     def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
@@ -291,43 +470,10 @@ class GeminiClient:
         self, label: str, url: str, headers: Mapping[str, str], body: bytes | None, deadline: float
     ) -> Answer:
         """One HTTP exchange within this attempt's time: an Answer, or a ServiceError for no answer."""
-        seconds = min(self.timeout, deadline - self._clock())
-        if seconds <= 0.0:
-            raise self._timeout_error(label, 0.0)
+        seconds = self._seconds(label, deadline)
         session = self._session or self._open_session()
-        self.stats.count_request()
-        answer = send(session, url, headers, seconds, body)
-        if isinstance(answer, Failure):
-            # send() returns rather than raises, so no requests exception (it holds the prepared
-            # request, signed headers included) rides along as this error's __cause__ or __context__.
-            if answer.timed_out:
-                raise self._timeout_error(label, seconds)
-            host = url.split("/", 3)[2] if "://" in url else url
-            raise ServiceError(
-                f"{label}: connection to {host} failed ({answer.error})", reason="ConnectionError"
-            )
-        if url.startswith(self.base_url):
-            self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
-        return answer
-
-    def _decoded(self, path: str, answer: Answer) -> Any:
-        status = answer.status
-        if not 200 <= status < 300:
-            error = error_from_response(status, answer.headers, answer.body)
-            if self.oauth is not None and error.kind == "missing_role":
-                # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
-                needed = REQUIRED_SCOPE.get(path, "a scope")
-                raise MissingScopeError(
-                    f"{path} needs the OAuth scope {needed}, which the token of connection "
-                    f"{self.oauth.label!r} lacks: {error.message}",
-                    reason=error.reason,
-                    status=status,
-                ) from None
-            raise error
-        try:
-            return decode_json(answer.body)
-        except ValueError:
-            raise ServiceError(f"{path}: answer is not JSON", status=status, reason="InvalidJson") from None
+        started = time.perf_counter()
+        return self._answered(label, url, send(session, url, headers, seconds, body), seconds, started)
 
     def _token_request(self, fields: Mapping[str, str]) -> Any:
         """POST a grant to the OAuth token endpoint (JSON body, as Gemini documents), with the same
@@ -362,27 +508,6 @@ class GeminiClient:
                 f"{label}: answer is not JSON", status=answer.status, reason="InvalidJson"
             ) from None
 
-    def _timeout_error(self, path: str, seconds: float) -> ServiceError:
-        """The error for an attempt cut short: by its own `timeout`, or by the call's deadline."""
-        if seconds >= self.timeout:
-            return ServiceError(f"{path}: no answer within {self.timeout:g} s", reason="Timeout")
-        return ServiceError(
-            f"{path}: no answer within the call deadline of {self.call_timeout:g} s", reason="Deadline"
-        )
-
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        kind = exc.kind if isinstance(exc, GeminiError) else "unknown"
-        self.stats.count_retry(kind)
-        sleep = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning(
-            "Gemini %s failed (%s); attempt %d in %.2f s",
-            state.args[0],
-            exc,
-            state.attempt_number + 1,
-            sleep,
-        )
-
     # -- API ---------------------------------------------------------------------------------------
 
     def private(self, path: str, **fields: Any) -> Any:
@@ -393,26 +518,6 @@ class GeminiClient:
 
     def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
         return self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)
-
-    @property
-    def clock_offset(self) -> float | None:
-        """Seconds the exchange's clock is ahead of this host's (negative: behind); None until an
-        answer carrying a Date header arrived."""
-        return self.server_clock.offset
-
-    def _with_account(self, fields: dict[str, Any], account: str | None) -> dict[str, Any]:
-        chosen = self.account if account is None else account
-        if chosen is None:
-            if self._is_master:
-                raise ValueError(
-                    "account: a master API key must name the account (its nickname) on every order "
-                    "request; pass account= or set it on the connection"
-                )
-            return fields
-        if not isinstance(chosen, str) or not chosen.strip():
-            raise ValueError(f"account: expected a non-empty account nickname, got {chosen!r}")
-        fields["account"] = chosen
-        return fields
 
     def cancel_order(self, order_id: int | str, account: str | None = None) -> Order:
         """Cancel one order; cancelling an already-cancelled order succeeds with no effect."""
@@ -437,37 +542,15 @@ class GeminiClient:
         account: str | None = None,
     ) -> Order:
         """The status of one order, by order_id or by client_order_id (exactly one of them)."""
-        if (order_id is None) == (client_order_id is None):
-            raise ValueError("order_status: give exactly one of order_id and client_order_id")
-        fields: dict[str, Any]
-        if order_id is not None:
-            fields = {"order_id": parse_order_id(order_id)}
-        elif isinstance(client_order_id, str) and client_order_id.strip():
-            fields = {"client_order_id": client_order_id}
-        else:
-            raise ValueError(f"client_order_id: expected a non-empty string, got {client_order_id!r}")
-        if include_trades:
-            fields["include_trades"] = True
-        return Order.from_status(self._post("/v1/order/status", self._with_account(fields, account)))
+        fields = self._status_fields(order_id, client_order_id, include_trades, account)
+        return Order.from_status(self._post("/v1/order/status", fields))
 
     def active_orders(
         self, account: str | None = None, on_unreadable: Unreadable | None = None
     ) -> list[Order]:
         """The account's live orders. A row that does not read as an order raises ValueError, unless
         `on_unreadable` is given: then it gets the row and the error, and the row is skipped."""
-        data = self._post("/v1/orders", self._with_account({}, account))
-        if not isinstance(data, list):
-            raise ServiceError("/v1/orders: expected a list of orders", status=200, reason="InvalidJson")
-        orders: list[Order] = []
-        for item in data:
-            try:
-                orders.append(Order.from_status(item))
-            except (ValueError, TypeError, ArithmeticError) as err:
-                if on_unreadable is None:
-                    raise
-                problem = err if isinstance(err, ValueError) else ValueError(f"order status: {err}")
-                on_unreadable(item if isinstance(item, Mapping) else {"row": item}, problem)
-        return orders
+        return self._active_from(self._post("/v1/orders", self._with_account({}, account)), on_unreadable)
 
     def heartbeat(self) -> dict[str, Any]:
         """Keep a Require-Heartbeat session alive (its orders are cancelled after 30 s of silence)."""

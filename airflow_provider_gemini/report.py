@@ -223,3 +223,26 @@ class CancelReport:
         if not rows:
             lines.append("(no orders)")
         return "\n".join(lines)
+
+
+MAX_EVENT_IDS = 100
+"""How many ids of each outcome an asset event's extra lists; the rest are counted in `omitted`.
+Airflow keeps the extra in its metadata database and passes it to every consumer run: it stays small."""
+
+
+def event_extra(report: Mapping[str, Any], max_ids: int = MAX_EVENT_IDS, **about: Any) -> dict[str, Any]:
+    """An asset event's `extra` for a cancel report: `about` (dag/run/task ids, the connection, where
+    the audit trail is), every outcome's count, up to `max_ids` ids of each outcome (failures by id,
+    a request-level failure as null), and in `omitted` how many ids each list left out."""
+    rebuilt = CancelReport.from_dict(report)
+    lists: dict[str, list[str | None]] = {name: list(getattr(rebuilt, name)) for name in OUTCOMES}
+    lists["failed"] = [entry["order_id"] for entry in rebuilt.failed]
+    extra: dict[str, Any] = dict(about)
+    extra["counts"] = rebuilt.counts()
+    omitted: dict[str, int] = {}
+    for name, ids in lists.items():
+        extra[name] = ids[:max_ids]
+        if len(ids) > max_ids:
+            omitted[name] = len(ids) - max_ids
+    extra["omitted"] = omitted
+    return extra

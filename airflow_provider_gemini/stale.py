@@ -128,4 +128,8 @@ def cancel_stale(
         for order in matched:
             run.report.record(order, "dry_run")
         return
-    run.in_passes(matched, lambda order: run.cancel(int(order.order_id), was_live=True), lambda order: order)
+    run.in_passes(
+        matched,
+        lambda order: run.cancel(int(order.order_id), was_live=True, listed=order),
+        lambda order: order,
+    )

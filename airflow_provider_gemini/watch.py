@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_gemini.exceptions import GeminiError
 from airflow_provider_gemini.models import Order
+from airflow_provider_gemini.recording import CancelRecorder
 from airflow_provider_gemini.report import OUTCOMES, CancelReport, Log
 
 if TYPE_CHECKING:
@@ -144,25 +145,26 @@ class OrderWatch:
 
     # -- polling -------------------------------------------------------------------------------------
 
-    def poll(self, client: GeminiClient, *, request_cancel: bool, log: Log) -> PollResult:
-        """Read the pending orders (and cancel the live ones when `request_cancel`); blocking I/O."""
+    def poll(
+        self,
+        client: GeminiClient,
+        *,
+        request_cancel: bool,
+        log: Log,
+        recorder: CancelRecorder | None = None,
+    ) -> PollResult:
+        """Read the pending orders (and cancel the live ones when `request_cancel`, each answer filed
+        with `recorder`: audit trail, metrics); blocking I/O."""
         requests, retries = client.stats.requests, client.stats.retries
         try:
-            transient, live = self._poll(client, request_cancel, log)
+            transient, live = self._poll(client, request_cancel, log, recorder or CancelRecorder())
         finally:
-            self.report.set_stats(
-                requests=int(self.report.stats.get("requests", 0)) + client.stats.requests - requests,
-                retries=int(self.report.stats.get("retries", 0)) + client.stats.retries - retries,
-                elapsed_seconds=max(0.0, time.time() - self.started_at),
-            )
-        fatal = self.fatal_message()
-        if fatal:
-            return PollResult(fatal=fatal, live=live)
-        if transient:
-            return PollResult(transient=transient, live=live)
-        return PollResult(done=not self.pending(), live=live)
+            self.add_requests(client.stats.requests - requests, client.stats.retries - retries)
+        return self.verdict(transient, live)
 
-    def _poll(self, client: GeminiClient, request_cancel: bool, log: Log) -> tuple[str | None, int]:
+    def _poll(
+        self, client: GeminiClient, request_cancel: bool, log: Log, recorder: CancelRecorder
+    ) -> tuple[str | None, int]:
         pending = self.pending()
         if not pending:
             return None, 0
@@ -170,42 +172,90 @@ class OrderWatch:
         if len(pending) > 1:
             try:
                 listed = {order.order_id: order for order in client.active_orders(account=self.account)}
-            except GeminiError as err:
-                if err.transient:
-                    return f"/v1/orders: {err}", 0
-                self.report.fail(None, err.kind, err.reason, f"/v1/orders: {err.message}")
-                return None, 0
-            except ValueError as err:
-                self.report.fail(None, "invalid_request", None, f"/v1/orders: {err}")
-                return None, 0
+            except (GeminiError, ValueError) as err:
+                return self.take_listing_error(err), 0
         live = 0
         for oid in pending:
             key = str(oid)
+            answer: Order | Exception
+            cancelling: Order | None = None
+            sent = 0
             try:
                 order = listed.get(key) if listed is not None else None
                 if order is None:
                     order = client.order_status(order_id=oid, account=self.account)
                 if order.state == "live" and request_cancel:
                     self.cancel_sent.add(key)
+                    cancelling, sent = order, client.stats.requests
+                    recorder.request_sent()
                     order = client.cancel_order(oid, account=self.account)
-            except GeminiError as err:
-                if err.transient:
-                    return f"order {key}: {err}", live
-                if err.kind == "order_not_found":
-                    self.report.record(oid, "not_found")
-                else:
-                    self.report.fail(oid, err.kind, err.reason, err.message)
-                continue
-            except ValueError as err:
-                self.report.fail(oid, "invalid_request", None, str(err))
-                continue
-            if order.order_id != key:
-                self.report.fail(
-                    oid, "invalid_request", None, f"the exchange answered for order {order.order_id}"
+                answer = order
+            except (GeminiError, ValueError) as err:
+                if cancelling is not None and isinstance(err, GeminiError):
+                    recorder.failed(
+                        err, order_id=key, requests=client.stats.requests - sent, order=cancelling
+                    )
+                answer = err
+            if cancelling is not None and isinstance(answer, Order) and answer.order_id == key:
+                state = answer.state
+                outcome = (
+                    "cancelled" if state == "cancelled" else "still_live" if state == "live" else "filled"
                 )
-                continue
-            live += self._settle(order, log)
+                recorder.answered(outcome, order=answer, requests=client.stats.requests - sent)
+            transient, counted = self.take_answer(oid, answer, log)
+            if transient:
+                return transient, live
+            live += counted
         return None, live
+
+    def take_listing_error(self, err: Exception) -> str | None:
+        """Record a failed `/v1/orders` listing; the message when it may pass (ask again next poll)."""
+        if isinstance(err, GeminiError):
+            if err.transient:
+                return f"/v1/orders: {err}"
+            self.report.fail(None, err.kind, err.reason, f"/v1/orders: {err.message}")
+        else:
+            self.report.fail(None, "invalid_request", None, f"/v1/orders: {err}")
+        return None
+
+    def take_answer(self, oid: int, answer: Order | Exception, log: Log) -> tuple[str | None, int]:
+        """Settle one pending order from what the exchange said of it (its status, or the error that
+        came instead); returns (the message of a transient error, 1 if the order is still live)."""
+        key = str(oid)
+        if isinstance(answer, GeminiError):
+            if answer.transient:
+                return f"order {key}: {answer}", 0
+            if answer.kind == "order_not_found":
+                self.report.record(oid, "not_found")
+            else:
+                self.report.fail(oid, answer.kind, answer.reason, answer.message)
+            return None, 0
+        if isinstance(answer, Exception):
+            self.report.fail(oid, "invalid_request", None, str(answer))
+            return None, 0
+        if answer.order_id != key:
+            self.report.fail(
+                oid, "invalid_request", None, f"the exchange answered for order {answer.order_id}"
+            )
+            return None, 0
+        return None, self._settle(answer, log)
+
+    def verdict(self, transient: str | None, live: int) -> PollResult:
+        """The PollResult once a poll's answers are taken."""
+        fatal = self.fatal_message()
+        if fatal:
+            return PollResult(fatal=fatal, live=live)
+        if transient:
+            return PollResult(transient=transient, live=live)
+        return PollResult(done=not self.pending(), live=live)
+
+    def add_requests(self, requests: int, retries: int = 0) -> None:
+        """Count requests made for this watch (a shared listing counts once for each watch it served)."""
+        self.report.set_stats(
+            requests=int(self.report.stats.get("requests", 0)) + requests,
+            retries=int(self.report.stats.get("retries", 0)) + retries,
+            elapsed_seconds=max(0.0, time.time() - self.started_at),
+        )
 
     def _settle(self, order: Order, log: Log) -> int:
         state = order.state

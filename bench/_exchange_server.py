@@ -11,6 +11,10 @@ SPEC_JSON: {"ready_file": path, "rate_limit_per_minute": n | null, "burst": n,
             "keys": [[api_key, api_secret], ...],
             "seed": [{"api_key": k, "count": n, "age_s": s, "symbol": "btcusd", "prefix": "bench-"}, ...]}
 The ready file gets {"url": ..., "orders": [[ids of seed group 0], ...]} once the server listens.
+An optional "cancel_plan": {"go_file": path, "done_file": path, "at": [seconds, ...]} cancels the i-th
+order of seed group 0 as the exchange would ("Requested"), at[i] seconds after go_file appears, and
+writes {order_id: epoch time of its cancel} to done_file once all are done (for a benchmark of
+waiting, not of cancelling).
 """
 
 from __future__ import annotations
@@ -67,9 +71,34 @@ def main() -> int:
         with open(tmp, "w") as fh:
             json.dump({"url": exchange.url, "orders": orders}, fh)
         os.replace(tmp, spec["ready_file"])
+        plan = spec.get("cancel_plan")
+        if plan:
+            schedule = list(zip(orders[0], plan["at"], strict=True))
+            threading.Thread(
+                target=run_cancel_plan, args=(exchange, plan, schedule, stop), daemon=True
+            ).start()
         while not stop.wait(0.1):
             pass
     return 0
+
+
+def run_cancel_plan(
+    exchange: GeminiExchange, plan: dict[str, Any], schedule: list[tuple[str, float]], stop: threading.Event
+) -> None:
+    while not os.path.exists(plan["go_file"]):
+        if stop.wait(0.01):
+            return
+    start = time.time()
+    done: dict[str, float] = {}
+    for order_id, at in sorted(schedule, key=lambda item: item[1]):
+        if stop.wait(max(0.0, start + at - time.time())):
+            return
+        exchange.cancel_by_exchange(order_id, "Requested")
+        done[str(order_id)] = time.time()
+    tmp = plan["done_file"] + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(done, fh)
+    os.replace(tmp, plan["done_file"])
 
 
 if __name__ == "__main__":

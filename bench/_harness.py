@@ -35,7 +35,7 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 # Sections keep this order in RESULTS.md whichever script ran last.
-SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "parse", "memory")
+SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "parse", "memory", "triggers")
 
 RESULTS_PREAMBLE = """# Benchmark results
 
@@ -262,8 +262,10 @@ def exchange_process(
     seed: Sequence[dict[str, Any]] = (),
     rate_limit_per_minute: float | None = None,
     burst: int = 5,
+    cancel_plan: dict[str, Any] | None = None,
 ) -> Iterator[Exchange]:
-    """Start bench/_exchange_server.py on 127.0.0.1 (a free port), yield it seeded, stop it after."""
+    """Start bench/_exchange_server.py on 127.0.0.1 (a free port), yield it seeded, stop it after
+    (`cancel_plan`: see _exchange_server.py)."""
     with tempfile.TemporaryDirectory(prefix="gemini-bench-") as tmp:
         ready = Path(tmp, "ready.json")
         spec = {
@@ -272,6 +274,7 @@ def exchange_process(
             "burst": burst,
             "keys": [[k.api_key, k.api_secret] for k in keys],
             "seed": list(seed),
+            **({"cancel_plan": cancel_plan} if cancel_plan else {}),
         }
         argv = [sys.executable, str(BENCH_DIR / "_exchange_server.py"), json.dumps(spec)]
         proc = spawn_ready(argv, ready, timeout_s=120)

@@ -41,6 +41,9 @@ from airflow_provider_gemini.operators.cancel import GeminiCancelOrderOperator
 from airflow_provider_gemini.sensors.order import GeminiOrderCancelledSensor
 
 GEMINI_CONN_ID = DEFAULT_CONN_ID
+AUDIT_TRAIL = "default"
+"""Every cancel on record in $AIRFLOW_HOME/gemini_audit (one JSON line each); a URL such as
+s3://bucket/gemini-audit, or the connection's `audit_trail` extra with None here, puts it elsewhere."""
 
 with DAG(
     dag_id="gemini_cancel_order",
@@ -85,6 +88,7 @@ with DAG(
     cancel_orders = GeminiCancelOrderOperator(
         task_id="cancel_orders",
         gemini_conn_id=GEMINI_CONN_ID,
+        audit_trail=AUDIT_TRAIL,
         order_id="{{ params.order_ids }}",
         account="{{ params.account }}",
         fail_on_not_found=True,
@@ -101,6 +105,7 @@ with DAG(
     confirm_cancelled = GeminiOrderCancelledSensor(
         task_id="confirm_cancelled",
         gemini_conn_id=GEMINI_CONN_ID,
+        audit_trail=AUDIT_TRAIL,
         order_id=ids_to_confirm(cancel_orders.output),
         account="{{ params.account }}",
         request_cancel=False,

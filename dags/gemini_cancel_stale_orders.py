@@ -34,7 +34,11 @@ dates) is skipped with the reason in the log and cancels nothing (`max_start_del
 REST-triggered run acts whenever it is triggered.
 
 After an Airflow retry of `cancel_stale_orders`, its XCom (and so the confirm and the report) covers
-the last try: orders an earlier try cancelled are no longer live, and that try's log lists them.
+the last try: orders an earlier try cancelled are no longer live; that try's log and the audit trail
+(`$AIRFLOW_HOME/gemini_audit`, a JSON line per cancel of every try) list them.
+
+Each successful sweep updates the asset `gemini_stale_sweep`, its event's extra carrying the counts and
+ids: `gemini_reconcile_after_sweep` runs on it.
 
 **Connection** `gemini_default` (type *Gemini Exchange*): the API key needs the Trader role.
 Transient errors (timeouts, 429, 5xx) are retried inside the client and then by Airflow
@@ -50,7 +54,7 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, TriggerRule, task
 
 from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.operators.cancel import GeminiCancelStaleOrdersOperator
@@ -68,6 +72,12 @@ _CLOSE_HOUR, _CLOSE_MINUTE = (int(part) for part in CLOSE.split(":"))
 # A scheduled sweep that starts after the close (the DAG unpaused hours later, a backfill) is skipped.
 _UNTIL_CLOSE = timedelta(minutes=(_CLOSE_HOUR - _RUN_HOUR) * 60 + _CLOSE_MINUTE - _RUN_MINUTE)
 GEMINI_CONN_ID = DEFAULT_CONN_ID
+STALE_SWEEP = Asset("gemini_stale_sweep")
+"""Updated by each successful sweep, with its counts and ids as the event's extra; the
+gemini_reconcile_after_sweep DAG is scheduled on it."""
+AUDIT_TRAIL = "default"
+"""Every cancel on record in $AIRFLOW_HOME/gemini_audit (one JSON line each); a URL such as
+s3://bucket/gemini-audit, or the connection's `audit_trail` extra with None here, puts it elsewhere."""
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +150,7 @@ with DAG(
     cancel_stale = GeminiCancelStaleOrdersOperator(
         task_id="cancel_stale_orders",
         gemini_conn_id=GEMINI_CONN_ID,
+        audit_trail=AUDIT_TRAIL,
         max_age="{{ params.max_age_minutes * 60 }}",
         symbols="{{ params.symbols or None }}",
         side="{{ None if params.side == 'both' else params.side }}",
@@ -148,6 +159,7 @@ with DAG(
         max_cancellations="{{ params.max_cancellations }}",
         account="{{ params.account }}",
         max_start_delay=_UNTIL_CLOSE,
+        outlets=[STALE_SWEEP],
     )
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -160,6 +172,7 @@ with DAG(
     confirm_cancelled = GeminiOrderCancelledSensor(
         task_id="confirm_cancelled",
         gemini_conn_id=GEMINI_CONN_ID,
+        audit_trail=AUDIT_TRAIL,
         order_id=confirm_ids,
         account="{{ params.account }}",
         request_cancel=False,

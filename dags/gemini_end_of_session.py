@@ -45,6 +45,9 @@ CLOSE = "16:00"
 
 _CLOSE_HOUR, _CLOSE_MINUTE = (int(part) for part in CLOSE.split(":"))
 GEMINI_CONN_ID = DEFAULT_CONN_ID
+AUDIT_TRAIL = "default"
+"""Every cancel on record in $AIRFLOW_HOME/gemini_audit (one JSON line each); a URL such as
+s3://bucket/gemini-audit, or the connection's `audit_trail` extra with None here, puts it elsewhere."""
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ with DAG(
     cancel_session = GeminiCancelAllOrdersOperator(
         task_id="cancel_session_orders",
         gemini_conn_id=GEMINI_CONN_ID,
+        audit_trail=AUDIT_TRAIL,
         scope="session",
         fail_on_reject=True,
     )

@@ -1,23 +1,27 @@
-"""GeminiHook: an Airflow connection turned into a GeminiClient (API key or OAuth), checked before any
-request."""
+"""GeminiHook: an Airflow connection (API key or OAuth) turned into a GeminiClient, checked before any
+request, with what records its cancels: Airflow's Stats for the metrics and the audit trail the
+connection or task names."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 from airflow_provider_gemini import CONN_TYPE, DEFAULT_CONN_ID, LEGACY_CONN_TYPE
-from airflow_provider_gemini.arguments import parse_base_url
+from airflow_provider_gemini.arguments import parse_audit_trail, parse_base_url
 from airflow_provider_gemini.auth import NONCE_MODES
 from airflow_provider_gemini.client import PRODUCTION_URL, SANDBOX_URL, GeminiClient
 from airflow_provider_gemini.exceptions import GeminiError
 from airflow_provider_gemini.oauth import CANCEL_SCOPE, READ_SCOPE, TOKEN_URLS, OAuthSession, fingerprint
 
+if TYPE_CHECKING:
+    from airflow_provider_gemini.audit import AuditTrail
+    from airflow_provider_gemini.recording import CancelRecorder
 ENVIRONMENTS = {"production": PRODUCTION_URL, "sandbox": SANDBOX_URL}
 DEFAULT_TIMEOUT = 10.0
 AUTH_TYPES = ("api_key", "oauth")
@@ -222,6 +226,59 @@ def _oauth_session(
     )
 
 
+def watch_share(conn: Any, extra: Mapping[str, Any] | None = None) -> float:
+    """The extra `watch_share`: the fraction of the key's rate limit that deferred sensors' polling
+    may use (empty: DEFAULT_WATCH_SHARE); GeminiConnectionError when it is not in (0, 1]."""
+    from airflow_provider_gemini.polling import DEFAULT_WATCH_SHARE
+
+    value = (conn.extra_dejson if extra is None else extra).get("watch_share")
+    if _blank(value):
+        return DEFAULT_WATCH_SHARE
+    share = _number(value)
+    if share is None or share > 1.0:
+        conn_id = getattr(conn, "conn_id", None) or "?"
+        raise GeminiConnectionError(
+            conn_id, f"watch_share (extra): expected a fraction in (0, 1], got {value!r}"
+        )
+    return share
+
+
+class StatsMetrics:
+    """The client's metrics sink over Airflow's own Stats, tagged with the connection id (backends
+    without tags, plain StatsD, drop the tag). Stats sends nothing unless [metrics] turns a backend on."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.tags = {"conn_id": conn_id}
+
+    def incr(self, name: str, count: int = 1) -> None:
+        from airflow.sdk.observability.stats import Stats
+
+        Stats.incr(name, count, tags=self.tags)
+
+    def timing(self, name: str, milliseconds: float) -> None:
+        from datetime import timedelta
+
+        from airflow.sdk.observability.stats import Stats
+
+        Stats.timing(name, timedelta(milliseconds=milliseconds), tags=self.tags)
+
+
+def task_key(context: Mapping[str, Any] | None) -> Any:
+    """The audit trail's TaskKey for the running task try (ids None outside a task)."""
+    from airflow_provider_gemini.audit import TaskKey
+
+    ti = (context or {}).get("ti")
+    try_number = getattr(ti, "try_number", None)
+    map_index = getattr(ti, "map_index", None)
+    return TaskKey(
+        dag_id=getattr(ti, "dag_id", None),
+        task_id=getattr(ti, "task_id", None),
+        run_id=getattr(ti, "run_id", None),
+        try_number=try_number if isinstance(try_number, int) else None,
+        map_index=map_index if isinstance(map_index, int) else None,
+    )
+
+
 class GeminiHook(BaseHook):
     """Interact with Gemini's private REST API through a `geminiexchange` connection.
 
@@ -233,7 +290,10 @@ class GeminiHook(BaseHook):
     the extras `environment` (production | sandbox, used when host is empty), `account` (needed by
     master keys), `nonce_mode` (counter | time), `timeout` (seconds for each attempt's whole answer),
     and optionally `call_timeout` (seconds for a call, retries included), `rate_limit_per_minute`
-    (or "off"), `burst` and `max_attempts`.
+    (or "off"), `burst`, `max_attempts`, `watch_share` (the part of the key's rate limit that
+    deferred sensors may poll with); `audit_trail` (where the audit trail goes: "default", a path
+    or an ObjectStoragePath URL; off when empty) and `audit_trail_conn_id` (the connection an
+    object store's URL is opened with).
     """
 
     conn_name_attr = "gemini_conn_id"
@@ -250,14 +310,71 @@ class GeminiHook(BaseHook):
     def client_from_connection(
         cls, conn: Any, extra: Mapping[str, Any] | None = None, **overrides: Any
     ) -> GeminiClient:
-        """A new client for a connection object; `overrides` replace GeminiClient arguments."""
-        return GeminiClient(**{**client_kwargs(conn, extra), **overrides})
+        """A new client for a connection object; `overrides` replace GeminiClient arguments. Every
+        extra is checked, the ones only the triggerer reads (watch_share) included."""
+        kwargs = client_kwargs(conn, extra)
+        watch_share(conn, extra)
+        return GeminiClient(**{**kwargs, **overrides})
 
     def get_client(self) -> GeminiClient:
-        """The hook's client, built on first use and kept (one session, one set of stats)."""
+        """The hook's client, built on first use and kept (one session, one set of stats), reporting its
+        requests to Airflow's Stats."""
         if self._client is None:
-            self._client = self.client_from_connection(self.get_connection(self.gemini_conn_id))
+            self._client = self.client_from_connection(
+                self.get_connection(self.gemini_conn_id), metrics=StatsMetrics(self.gemini_conn_id)
+            )
         return self._client
+
+    def audit_location(self, override: str | None = None) -> str | None:
+        """Where the trail goes: `override` (a task's audit_trail; "off" turns it off), else the
+        connection's `audit_trail` extra; None when off. GeminiConnectionError names a bad extra."""
+        if override is not None:
+            location = parse_audit_trail(override, "audit_trail")
+        else:
+            extra = self.get_connection(self.gemini_conn_id).extra_dejson
+            value = extra.get("audit_trail") if isinstance(extra, Mapping) else None
+            try:
+                location = None if _blank(value) else parse_audit_trail(value, "audit_trail (extra)")
+            except ValueError as err:
+                raise GeminiConnectionError(self.gemini_conn_id, str(err)) from None
+        return None if location in (None, "off") else location
+
+    def open_audit_trail(
+        self, context: Mapping[str, Any] | None, override: str | None = None
+    ) -> AuditTrail | None:
+        """The running task try's audit trail, opened (its directory made) before any request; None when
+        off. A local path or file:// URL is a plain file; any other URL an ObjectStoragePath, opened with
+        the connection's `audit_trail_conn_id` extra."""
+        from airflow_provider_gemini.audit import AuditTrail, trail_root
+
+        location = self.audit_location(override)
+        if location is None:
+            return None
+        if location == "default" or location.startswith("/") or location.startswith("file://"):
+            root = trail_root(location)
+        else:
+            from airflow.sdk import ObjectStoragePath
+
+            extra = self.get_connection(self.gemini_conn_id).extra_dejson
+            store_conn = extra.get("audit_trail_conn_id") if isinstance(extra, Mapping) else None
+            root = ObjectStoragePath(location, conn_id=None if _blank(store_conn) else str(store_conn))
+        try:
+            return AuditTrail(root, task_key(context), conn_id=self.gemini_conn_id)
+        except OSError as err:
+            raise ValueError(f"audit_trail: cannot write below {location}: {err}") from None
+
+    def recorder(
+        self, context: Mapping[str, Any] | None, override: str | None = None, account: str | None = None
+    ) -> CancelRecorder:
+        """What files this task's answered cancels: its audit trail (when on) and Airflow's Stats."""
+        from airflow_provider_gemini.recording import CancelRecorder
+
+        client = self.get_client()
+        return CancelRecorder(
+            trail=self.open_audit_trail(context, override),
+            metrics=client.metrics,
+            account=account if account is not None else client.account,
+        )
 
     def get_conn(self) -> GeminiClient:
         return self.get_client()

@@ -13,6 +13,7 @@ from airflow_provider_gemini import DEFAULT_CONN_ID
 from airflow_provider_gemini.arguments import (
     DEFAULT_MAX_START_DELAY,
     Parser,
+    parse_audit_trail,
     parse_conn_id,
     parse_start_delay,
     unrendered,
@@ -25,6 +26,36 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_gemini.cancelling import CancelRun
+    from airflow_provider_gemini.recording import CancelRecorder
+
+
+def emit_outlet_events(
+    task: BaseOperator, context: Context, report: dict[str, Any], recorder: CancelRecorder | None
+) -> None:
+    """Put the report's counts and ids (bounded) on the event of every Asset in the task's `outlets`;
+    Airflow emits it when the task succeeds, and DAGs scheduled on the asset get it as their trigger."""
+    from airflow.sdk import Asset
+
+    from airflow_provider_gemini.report import event_extra
+
+    assets = [outlet for outlet in task.outlets if isinstance(outlet, Asset)]
+    if not assets:
+        return
+    ti = context.get("ti")
+    trail = None if recorder is None else recorder.trail
+    extra = event_extra(
+        report,
+        dag_id=getattr(ti, "dag_id", None),
+        run_id=getattr(ti, "run_id", None),
+        task_id=getattr(ti, "task_id", None),
+        map_index=getattr(ti, "map_index", None),
+        try_number=getattr(ti, "try_number", None),
+        conn_id=getattr(task, "gemini_conn_id", None),
+        audit_trail=None if trail is None else str(trail.root),
+    )
+    events = context["outlet_events"]
+    for asset in assets:
+        events[asset].extra.update(extra)
 
 
 class GeminiCancelBase(BaseOperator):
@@ -42,10 +73,13 @@ class GeminiCancelBase(BaseOperator):
         account: str | None = None,
         dry_run: bool | str = False,
         max_start_delay: timedelta | float | None = DEFAULT_MAX_START_DELAY,
+        audit_trail: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.gemini_conn_id = gemini_conn_id
+        # None: the connection's audit_trail extra decides; "off", "default", a path or a URL.
+        self.audit_trail = parse_audit_trail(audit_trail)
         self.account = account
         self.max_start_delay = parse_start_delay(max_start_delay)
         # Shadows BaseOperator.dry_run(), a leftover nothing in Airflow 3 calls: a template field needs
@@ -107,9 +141,14 @@ class GeminiCancelBase(BaseOperator):
 
         try:
             deadline = deadline_at(arguments.get("deadline"), self.execution_timeout)
-            client = GeminiHook(gemini_conn_id=self.gemini_conn_id).get_client()
-        except ValueError as error:  # a past deadline, or a connection that cannot make a client
+            hook = GeminiHook(gemini_conn_id=self.gemini_conn_id)
+            client = hook.get_client()
+            # Opened before any request: a trail that cannot be written fails the task first.
+            recorder = hook.recorder(context, self.audit_trail, arguments["account"])
+        except ValueError as error:  # a past deadline, a bad connection, an unwritable audit trail
             raise AirflowFailException(str(error)) from error
+        if recorder.trail is not None:
+            self.log.info("Gemini audit trail: %s", recorder.trail.path)
         with client:
             run = CancelRun(
                 client=client,
@@ -117,6 +156,7 @@ class GeminiCancelBase(BaseOperator):
                 log=self.log,
                 fail_on_not_found=self.fail_on_not_found,
                 deadline=deadline,
+                recorder=recorder,
             )
             self._active_run = run
             try:
@@ -133,12 +173,18 @@ class GeminiCancelBase(BaseOperator):
                 raise
             finally:
                 self._active_run = None
+                if recorder.trail is not None:
+                    recorder.trail.close()
+        if recorder.errors:
+            # The cancels went through but their record is incomplete: the task must not pass as whole.
+            run.refuse(f"audit trail incomplete ({recorder.errors[0]})")
         failing = bool(run.fatal or run.transient or run.terminated)
         data = self._publish(context, run, push=failing)
         if run.fatal:
             raise AirflowFailException(run.verdict(self.do_xcom_push))
         if run.transient or run.terminated:
             raise AirflowException(run.verdict(self.do_xcom_push))
+        emit_outlet_events(self, context, data, recorder)
         return data
 
     def _run(self, run: CancelRun, arguments: dict[str, Any]) -> None:

@@ -16,13 +16,20 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from airflow_provider_gemini import DEFAULT_CONN_ID
-from airflow_provider_gemini.arguments import parse_account, parse_conn_id, parse_order_ids, unrendered
+from airflow_provider_gemini.arguments import (
+    parse_account,
+    parse_audit_trail,
+    parse_conn_id,
+    parse_order_ids,
+    unrendered,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_gemini.client import GeminiClient
     from airflow_provider_gemini.hooks.gemini import GeminiHook
+    from airflow_provider_gemini.recording import CancelRecorder
     from airflow_provider_gemini.watch import OrderWatch
 
 STATE_KEY = "gemini_order_cancelled_sensor"
@@ -41,6 +48,8 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
     :param account: account nickname (master keys); None uses the connection's. Templated.
     :param deferrable: send the cancels on the worker, then wait in the triggerer
         (GeminiOrderStatusTrigger). Defaults to ``[operators] default_deferrable``.
+    :param audit_trail: where the cancels this sensor sends are recorded, as for the cancel operators:
+        None (the connection's ``audit_trail`` extra decides), "off", "default", a path or a URL.
 
     ``poke_interval``, ``timeout``, ``mode``, ``soft_fail``, ``exponential_backoff`` and the rest are
     BaseSensorOperator's. Transient exchange errors (maintenance, 5xx, rate limits, a closed market)
@@ -60,6 +69,7 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         gemini_conn_id: str = DEFAULT_CONN_ID,
         account: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        audit_trail: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -81,8 +91,10 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         self.gemini_conn_id = gemini_conn_id
         self.account = account
         self.deferrable = deferrable
+        self.audit_trail = parse_audit_trail(audit_trail)
         self._watch: OrderWatch | None = None
         self._hook: GeminiHook | None = None
+        self._recorder: CancelRecorder | None = None
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -146,19 +158,41 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
         except ValueError as err:  # the connection's fields cannot make a client: waiting won't help
             raise AirflowFailException(str(err)) from err
 
+    def _cancel_recorder(self, context: Context, account: str | None) -> CancelRecorder | None:
+        """The recorder of the cancels this sensor sends, opened on the first poke that may send one."""
+        if not self.request_cancel:
+            return None
+        if self._recorder is None:
+            self._client()
+            assert self._hook is not None
+            try:
+                self._recorder = self._hook.recorder(context, self.audit_trail, account)
+            except ValueError as err:  # a bad audit_trail extra, or one that cannot be written
+                raise AirflowFailException(str(err)) from err
+        return self._recorder
+
     # -- poke ----------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         """Poke once on the worker (sending the cancels), then wait in the triggerer when deferrable."""
         if not self.deferrable:
-            return super().execute(context)
-        return self._poke_then_defer(context)
+            return self._emit(context, super().execute(context))
+        return self._emit(context, self._poke_then_defer(context))
+
+    def _emit(self, context: Context, report: Any) -> Any:
+        """On success: the report's counts and ids on the event of every Asset in `outlets`."""
+        if isinstance(report, dict):
+            from airflow_provider_gemini.operators.base import emit_outlet_events
+
+            emit_outlet_events(self, context, report, self._recorder)
+        return report
 
     def poke(self, context: Context) -> PokeReturnValue:
         """One look at the pending orders (plus their cancels when `request_cancel`)."""
         watch = self._load_watch(context)
         client = self._client()
-        result = watch.poll(client, request_cancel=self.request_cancel, log=self.log)
+        recorder = self._cancel_recorder(context, watch.account)
+        result = watch.poll(client, request_cancel=self.request_cancel, log=self.log, recorder=recorder)
         self._save_watch(context, watch)
         if result.fatal:
             client.close()
@@ -261,10 +295,10 @@ class GeminiOrderCancelledSensor(BaseSensorOperator):
             state=state,
         )
         if status == WatchStatus.SUCCESS:
-            return self._done(self._watch).xcom_value
+            return self._emit(context, self._done(self._watch).xcom_value)
         if status == WatchStatus.CANCEL_NEEDED:
             self.log.info("%s", message)
-            return self._poke_then_defer(context)
+            return self._emit(context, self._poke_then_defer(context))
         self._push_report(context, self._watch.final_report())
         if status == WatchStatus.TIMEOUT:
             raise AirflowSensorTimeout(f"Sensor has timed out: {message}")

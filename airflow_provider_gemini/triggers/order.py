@@ -1,11 +1,13 @@
 """GeminiOrderStatusTrigger: waits in the triggerer until watched orders are gone, then fires once.
 
-Glue over `watch.OrderWatch`, the same poll logic the sensor uses on the worker.
+Glue over `watch.OrderWatch` (the same verdicts the sensor reaches on the worker) and
+`polling.SharedPoller` (one poll loop per connection and account for every trigger in the triggerer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ from airflow_provider_gemini.report import CancelReport
 from airflow_provider_gemini.watch import OrderWatch, PollResult, WatchStatus, ids_text
 
 if TYPE_CHECKING:
-    from airflow_provider_gemini.client import GeminiClient
+    from airflow_provider_gemini.polling import SharedPoller, Subscription
 
 LAST_LOOK_SECONDS = 1.0
 """How long a poll started at (or just before) end_time may take before the timeout fires anyway."""
@@ -28,11 +30,12 @@ LAST_LOOK_SECONDS = 1.0
 class GeminiOrderStatusTrigger(BaseTrigger):
     """Poll order status until every order is cancelled (or filled, with accept_filled), then fire once.
 
-    Read-only: it never sends a cancel, because a triggerer restart may run a trigger twice. Requests
-    run in a worker thread (`asyncio.to_thread`), so the triggerer's event loop never blocks. It waits
-    `poll_interval` seconds before each poll (the deferring task has just polled) and gives up at
-    `end_time` (epoch seconds), on time even while a poll is still waiting for the exchange (a poll
-    started within LAST_LOOK_SECONDS of end_time may take that long). With `return_on_live` it fires
+    Read-only: it never sends a cancel, because a triggerer restart may run a trigger twice. Its
+    orders are polled by the triggerer's shared poller for the connection and account, on an async
+    client: one listing a round serves every trigger there, and no request takes a thread. The first
+    result comes `poll_interval` seconds after it starts at the earliest (the deferring task has just
+    polled). It gives up at `end_time` (epoch seconds), on time even while a poll is still waiting for
+    the exchange (a round already out at end_time gets LAST_LOOK_SECONDS). With `return_on_live` it fires
     as soon as a pending order is seen live, so the worker can send the cancel a transient error kept
     it from sending.
 
@@ -95,15 +98,32 @@ class GeminiOrderStatusTrigger(BaseTrigger):
             state={"report": self.report, "cancel_sent": self.cancel_sent, "started_at": self.started_at},
         )
 
-    async def _client(self) -> GeminiClient:
-        """A client for the connection, fetched with the async API so the event loop never blocks."""
+    async def _poller(self) -> SharedPoller:
+        """The triggerer's poller for this connection and account, shared with every trigger on them;
+        the connection is read with the async API, so the event loop never blocks on it."""
         from airflow.sdk import BaseHook
 
-        from airflow_provider_gemini.hooks.gemini import GeminiHook
+        from airflow_provider_gemini.async_client import AsyncGeminiClient, ThreadedClient
+        from airflow_provider_gemini.client import GeminiClient
+        from airflow_provider_gemini.hooks.gemini import StatsMetrics, client_kwargs, watch_share
+        from airflow_provider_gemini.polling import PollingClient, SharedPoller, shared_poller
 
         conn = await BaseHook.aget_connection(self.gemini_conn_id)
         extra = await conn.aextra_dejson()
-        return await asyncio.to_thread(GeminiHook.client_from_connection, conn, extra)
+        kwargs = client_kwargs(conn, extra)
+        share = watch_share(conn, extra)
+        account = self.account if self.account is not None else kwargs["account"]
+
+        def build() -> SharedPoller:
+            metrics = StatsMetrics(self.gemini_conn_id)
+            client: PollingClient
+            if kwargs.get("oauth") is not None:
+                client = ThreadedClient(GeminiClient(**kwargs, metrics=metrics))
+            else:
+                client = AsyncGeminiClient(**kwargs, metrics=metrics)
+            return SharedPoller(client, account, share=share)
+
+        return shared_poller((self.gemini_conn_id, account), build)
 
     def _event(self, watch: OrderWatch, status: WatchStatus, message: str | None) -> TriggerEvent:
         state = watch.to_state()
@@ -126,10 +146,11 @@ class GeminiOrderStatusTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll until done, a fatal answer, a live order to hand back, or end_time; yield one event."""
+        """Take each round's result until done, a fatal answer, a live order to hand back, or
+        end_time; yield one event."""
         watch = self._watch()
         try:
-            client = await self._client()
+            poller = await self._poller()
         except Exception as err:
             message = (
                 f"gemini_conn_id {self.gemini_conn_id!r}: no usable client ({type(err).__name__}: {err})"
@@ -137,70 +158,51 @@ class GeminiOrderStatusTrigger(BaseTrigger):
             yield self._event(watch, WatchStatus.ERROR, message)
             return
         self.log.info(
-            "Watching %d order(s), %d pending, every %.1f s",
+            "Watching %d order(s), %d pending, every %.1f s (%d other trigger(s) share this key's poller)",
             len(self.order_ids),
             len(watch.pending()),
             self.poll_interval,
+            poller.subscribers,
         )
-        poll: asyncio.Task[PollResult] | None = None
+        sub = poller.subscribe(watch, self.poll_interval, self.log)
         try:
-            while True:
-                now = time.time()
-                if self.end_time is not None and now >= self.end_time:
-                    yield self._event(watch, WatchStatus.TIMEOUT, self._timeout_message(watch))
-                    return
-                wait = (
-                    self.poll_interval
-                    if self.end_time is None
-                    else min(self.poll_interval, self.end_time - now)
-                )
-                await asyncio.sleep(wait)
-                before = watch.to_state()
-                poll = asyncio.ensure_future(
-                    asyncio.to_thread(watch.poll, client, request_cancel=False, log=self.log)
-                )
-                # A poll started at end_time (the sleep above ends there) still gets a last look.
-                remaining = (
-                    None if self.end_time is None else max(LAST_LOOK_SECONDS, self.end_time - time.time())
-                )
-                # asyncio.wait, not wait_for: a thread cannot be cancelled, so at end_time the poll is
-                # left to finish on its own (within the client's call deadline) while the event fires.
-                await asyncio.wait({poll}, timeout=remaining)
-                if not poll.done():
-                    # The poll thread still writes to `watch`; the event is built from its state before.
-                    stale = OrderWatch.from_state(
-                        self.order_ids, accept_filled=self.accept_filled, account=self.account, state=before
-                    )
-                    self.log.warning("A poll was still waiting for the exchange at end_time")
-                    yield self._event(stale, WatchStatus.TIMEOUT, self._timeout_message(stale))
-                    return
-                result, poll = poll.result(), None
-                if result.fatal:
-                    yield self._event(watch, WatchStatus.ERROR, result.fatal)
-                    return
-                if result.done:
-                    yield self._event(watch, WatchStatus.SUCCESS, None)
-                    return
-                if self.return_on_live and result.live:
-                    message = f"{result.live} order(s) still live: the worker sends their cancel"
-                    yield self._event(watch, WatchStatus.CANCEL_NEEDED, message)
-                    return
-                if result.transient:
-                    self.log.warning("Exchange not answering (%s); polling again", result.transient)
+            event = await self._until_event(watch, poller, sub)
         finally:
-            _close_when_idle(client, poll)
+            # Before the event is yielded: the triggerer may never resume this generator after it.
+            poller.unsubscribe(sub)
+        yield event
 
+    async def _until_event(self, watch: OrderWatch, poller: SharedPoller, sub: Subscription) -> TriggerEvent:
+        while True:
+            result = await self._next(poller, sub)
+            if result is None:
+                return self._event(watch, WatchStatus.TIMEOUT, self._timeout_message(watch))
+            if result.fatal:
+                return self._event(watch, WatchStatus.ERROR, result.fatal)
+            if result.done:
+                return self._event(watch, WatchStatus.SUCCESS, None)
+            if self.return_on_live and result.live:
+                message = f"{result.live} order(s) still live: the worker sends their cancel"
+                return self._event(watch, WatchStatus.CANCEL_NEEDED, message)
+            if result.transient:
+                self.log.warning("Exchange not answering (%s); polling again", result.transient)
 
-def _close_when_idle(client: GeminiClient, poll: asyncio.Task[PollResult] | None) -> None:
-    """Close the client now, or once a poll still running in its thread has ended (closing under it
-    would only make its next request open a new session that nothing closes)."""
-    if poll is None or poll.done():
-        client.close()
-        return
-
-    def close(task: asyncio.Task[PollResult]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not log it as never retrieved
-        client.close()
-
-    poll.add_done_callback(close)
+    async def _next(self, poller: SharedPoller, sub: Subscription) -> PollResult | None:
+        """The next round's result for this trigger, or None at end_time (a round already out at
+        end_time gets LAST_LOOK_SECONDS more). The watch is only changed between awaits, so the
+        event built after a timeout is consistent."""
+        if self.end_time is None:
+            return await sub.results.get()
+        remaining = self.end_time - time.time()
+        try:
+            if remaining > 0.0:
+                return await asyncio.wait_for(sub.results.get(), remaining)
+            if not sub.results.empty():
+                return sub.results.get_nowait()
+        except TimeoutError:
+            pass
+        if poller.polling:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(sub.results.get(), LAST_LOOK_SECONDS)
+            self.log.warning("A poll was still waiting for the exchange at end_time")
+        return None

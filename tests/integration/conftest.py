@@ -20,7 +20,22 @@ DEPLOYED_DAGS = (
     "gemini_cancel_stale_orders",
     "gemini_end_of_session",
     "gemini_sensor_deferrable_watch",
+    "gemini_sensor_deferrable_many",
 )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run the deployment's tests spread over workers: each worker would start its own
+    Airflow and the tests would see each other's runs. xdist marks a grouped test's id with `@group`;
+    a pytest/xdist pair that drops the mark silently (pytest 9.2 with xdist 3.8 did) stops here."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    ungrouped = [
+        item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if ungrouped:
+        raise pytest.UsageError(f"--dist loadgroup ignored the xdist_group marks of {ungrouped[:3]}...")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from deployment import PASSWORD, USER, Deployment
 from helpers import REPO_ROOT
+from playwright.sync_api import expect
 
 from airflow_provider_gemini import _CONN_FIELDS
 from airflow_provider_gemini.testing.exchange import GeminiExchange
@@ -219,8 +220,9 @@ def test_a_run_triggered_from_the_form_cancels_the_ids_typed_in(
     value = page.get_by_role("row").filter(has_text="return_value")
     value.wait_for()
     page.get_by_role("button", name="Expand all extra JSON").click()
-    text = value.inner_text()
-    assert all(oid in text for oid in ids) and kept not in text, text
+    for oid in ids:
+        expect(value).to_contain_text(oid)
+    assert kept not in value.inner_text()
     page.screenshot(path=SHOTS / "06-run-result.png")
     assert all(deployed_exchange.order(oid)["is_cancelled"] for oid in ids)
     assert deployed_exchange.order(kept)["is_live"]

@@ -27,7 +27,12 @@ from airflow_provider_gemini.testing.exchange import GeminiExchange
 
 DAGS = REPO_ROOT / "dags"
 DEMO = REPO_ROOT / "scripts" / "demo.py"
-DAG_IDS = ("gemini_cancel_order", "gemini_cancel_stale_orders", "gemini_end_of_session")
+DAG_IDS = (
+    "gemini_cancel_order",
+    "gemini_cancel_stale_orders",
+    "gemini_end_of_session",
+    "gemini_reconcile_after_sweep",
+)
 SECRET = "dags-test-" + secrets.token_hex(12)
 OTHER_KEY = "account-other-desk-key"
 MINUTE_MS = 60_000
@@ -110,7 +115,7 @@ def states(exchange: GeminiExchange, *order_ids: str) -> dict[str, str]:
 # --- DagBag ---------------------------------------------------------------------------------------------
 
 
-def test_dagbag_loads_the_three_dags_without_import_errors(tmp_path: Path) -> None:
+def test_dagbag_loads_the_example_dags_without_import_errors(tmp_path: Path) -> None:
     code = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from airflow_run import AIRFLOW, airflow_env, migrate, read_xcom, run_dags_test, task_states
 
+from airflow_provider_gemini.audit import read_trail
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
 DAGS = Path(__file__).with_name("dags")
@@ -134,7 +135,24 @@ def test_sweep_killed_part_way_then_rerun_cancels_everything(
     assert report["stats"]["matched"] == TARGETED - len(done_first), figures
     second_cancels = {str(e.payload["order_id"]) for e in ex.journal[first_requests:] if e.path == CANCEL}
     assert second_cancels == targeted - done_first, f"the second run re-sent cancels; {figures}"
-    print(figures)
+    # The audit trail outlived the SIGKILL: every cancel the killed run had an answer for is a line, and
+    # with the second run's lines the trail names every targeted order once, as cancelled.
+    trail = read_trail(Path(env["AIRFLOW_HOME"]) / "gemini_audit", dag_id=DAG_ID)
+    runs = sorted(
+        {line["run_id"] for line in trail},
+        key=lambda run_id: min(line["time"] for line in trail if line["run_id"] == run_id),
+    )
+    assert len(runs) == 2, runs
+    first_lines = [line for line in trail if line["run_id"] == runs[0]]
+    second_lines = [line for line in trail if line["run_id"] == runs[1]]
+    first_ids = {line["order_id"] for line in first_lines}
+    assert {line["outcome"] for line in trail} == {"cancelled"}, figures
+    # A cancel in flight at the kill may have been acted on with its answer never read: at most one.
+    assert first_ids <= done_first and len(done_first - first_ids) <= 1, (len(first_ids), len(done_first))
+    assert [line["order_id"] for line in second_lines] == report["cancelled"]
+    assert first_ids | {line["order_id"] for line in second_lines} >= targeted - (done_first - first_ids)
+    assert len(trail) == len({line["order_id"] for line in trail}), "an order on record twice"
+    print(figures, f"; trail: {len(first_lines)} + {len(second_lines)} lines")
 
 
 def test_a_sweep_cut_off_by_execution_timeout_leaves_its_report_and_a_line_per_cancel(

@@ -84,6 +84,8 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
             [
                 "account",
                 "auth_type",
+                "audit_trail",
+                "audit_trail_conn_id",
                 "burst",
                 "call_timeout",
                 "environment",
@@ -95,6 +97,7 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
                 "timeout",
                 "token_url",
                 "token_variable",
+                "watch_share",
             ]
         )
     ]

@@ -35,7 +35,8 @@ KEY_CLIENT = 'with GeminiClient("account-...", secret'
 
 def test_the_readme_examples_are_all_covered_here() -> None:
     markers = ["GeminiCancelStaleOrdersOperator(", "GeminiOrderCancelledSensor(", KEY_CLIENT,
-               "def test_my_cleanup(", "ex.inject_fault(", "OAuthSession(", "ex.add_oauth_app("]  # fmt: skip
+               "def test_my_cleanup(", "ex.inject_fault(", "OAuthSession(", "ex.add_oauth_app(",
+               "read_trail("]  # fmt: skip
     assert sorted(BLOCKS) == sorted(block(m) for m in markers), "a README example has no test"
 
 
@@ -150,3 +151,23 @@ def test_the_oauth_exchange_calls_work(gemini_exchange: GeminiExchange) -> None:
     assert ex.place_order(None, symbol="btcgusdperp", account="perps")["is_live"]
     with pytest.raises(ValueError, match="perpetuals account"):
         ex.place_order(None, symbol="btcgusdperp", account="primary")
+
+
+def test_the_trail_reading_example_loads_a_day_and_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_gemini.audit import AuditTrail, TaskKey, local_default_root
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    run_id = "scheduled__2025-06-02T19:45:00+00:00"
+    task = TaskKey("gemini_cancel_stale_orders", "cancel_stale_orders", run_id, 1, -1)
+    # Written as of 2025-06-02 19:45 UTC: the example's day.
+    with AuditTrail(local_default_root(), task, clock=lambda: 1748893500.0) as trail:
+        trail.record(
+            endpoint="/v1/order/cancel", order_id="11", outcome="cancelled", account=None, requests=1
+        )
+        trail.record(endpoint="/v1/order/cancel", order_id="12", outcome="filled", account=None, requests=1)
+    scope: dict[str, object] = {"run_id": run_id}
+    exec(block("read_trail("), scope)
+    assert [line["order_id"] for line in scope["today"]] == ["11", "12"]  # type: ignore[attr-defined]
+    assert scope["cancelled"] == {"11"}

@@ -7,6 +7,7 @@ The deployment and its exchange are the session's (conftest.py). Figures are pri
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -214,3 +215,63 @@ def test_a_deferred_sensor_waits_in_the_triggerer_and_resumes_when_the_orders_go
     assert "Watching 2 order(s)" in trigger_log and "Trigger fired event" in trigger_log, trigger_log
     for log in (trigger_log, (task_dir / "attempt=1.log").read_text()):
         assert str(exchange.api_secret) not in log
+
+
+def test_mapped_deferred_sensors_share_one_poller_in_the_triggerer(
+    airflow: Deployment, exchange: GeminiExchange
+) -> None:
+    """Four mapped sensors deferred at once: the triggerer runs their triggers in one loop, and one
+    listing a round serves all four (four pollers would list four times a second)."""
+    assert exchange.api_key is not None
+    dag_id = "gemini_sensor_deferrable_many"
+    ids = [str(exchange.place_order(exchange.api_key)["order_id"]) for _ in range(8)]
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": False}).status_code == 200
+    run = airflow.request(
+        "POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {"order_ids": ids, "sensors": 4}}
+    )
+    assert run.status_code == 200, run.text
+    run_id = run.json()["dag_run_id"]
+
+    def sensor_states() -> list[str]:
+        found = airflow.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        return [ti["state"] for ti in found["task_instances"] if ti["task_id"] == SENSOR_TASK]
+
+    deadline = time.monotonic() + 180
+    while sensor_states() != ["deferred"] * 4:
+        assert time.monotonic() < deadline, (sensor_states(), airflow.logs("scheduler"))
+        time.sleep(0.5)
+    since = time.time()
+    # Watch a few rounds of the triggerer alone (the worker pokes are over), then let the orders go.
+    while sum(1 for e in exchange.journal if e.path == "/v1/orders" and e.time > since) < 4:
+        assert time.monotonic() < deadline, airflow.logs("triggerer")
+        time.sleep(0.5)
+    listings = [e.time for e in exchange.journal if e.path == "/v1/orders" and e.time > since]
+    for oid in ids:
+        exchange.cancel_by_exchange(oid, reason="Requested")
+    finished = airflow.wait_for_run(dag_id)
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
+    assert (finished["dag_run_id"], finished["state"]) == (run_id, "success"), airflow.logs("triggerer")
+
+    gaps = [b - a for a, b in itertools.pairwise(listings)]
+    # One loop lists once a poke_interval (1 s), give or take how late each request left; four
+    # loops would list four times a second.
+    assert sum(gaps) / len(gaps) >= 0.8 and min(gaps) >= 0.5, f"more than one poll loop: {gaps}"
+    logs = "".join(
+        path.read_text()
+        for path in (airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob(
+            "*.log.trigger.*.log"
+        )
+    )
+    assert "3 other trigger(s) share this key's poller" in logs, logs
+    assert str(exchange.api_secret) not in logs
+    seen: list[str] = []
+    for index in range(4):
+        answer = airflow.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{SENSOR_TASK}/xcomEntries/return_value"
+            f"?map_index={index}",
+        )
+        assert answer.status_code == 200, answer.text
+        seen += answer.json()["value"]["already_cancelled"]
+    assert sorted(seen, key=int) == ids
+    print(f"4 deferred sensors: {len(listings)} listings in {listings[-1] - listings[0]:.1f} s, gaps {gaps}")

@@ -468,6 +468,41 @@ def test_deferrable_run_in_airflow_dags_test(gemini_exchange: GeminiExchange, en
     assert ex.api_secret is not None and ex.api_secret not in output
 
 
+def test_several_deferred_sensors_in_one_dags_test_run(
+    gemini_exchange: GeminiExchange, env: dict[str, str]
+) -> None:
+    """Four mapped sensors, an order each: every one defers, and its trigger fires with its own order."""
+    ex = gemini_exchange
+    ids = place(ex, 4)
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(
+        run_dags_test, DAGS, "gemini_sensor_deferrable_many", {"order_ids": ids, "sensors": 4}, env
+    )
+
+    def asked(oid: str) -> int:
+        return sum(1 for e in ex.journal if e.path == STATUS and str(e.payload.get("order_id")) == oid)
+
+    with pool:
+        # dags test runs the mapped sensors one after another. An order goes once its sensor's poke
+        # and then its trigger have asked about it, so each sensor defers before its order leaves.
+        for oid in ids:
+            wait_until(lambda oid=oid: asked(oid) >= 2, future, f"the trigger's poll of {oid}")
+            ex.cancel_by_exchange(oid, "Requested")
+        result = future.result(timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("Resumed from GeminiOrderStatusTrigger: status=success") == 4, output
+    states = task_states(env["AIRFLOW_HOME"], "gemini_sensor_deferrable_many")
+    assert states == {"split": "success", **{f"wait_cancelled[{i}]": "success" for i in range(4)}}
+    for index, oid in enumerate(ids):
+        report = read_xcom(
+            env["AIRFLOW_HOME"], "gemini_sensor_deferrable_many", "wait_cancelled", map_index=index
+        )
+        assert report["already_cancelled"] == [oid]
+    assert ex.count(CANCEL) == 0
+    assert ex.api_secret is not None and ex.api_secret not in output
+
+
 def test_deferred_cancel_resumes_on_the_worker_after_maintenance(
     gemini_exchange: GeminiExchange, env: dict[str, str]
 ) -> None:
