@@ -182,6 +182,9 @@ class SharedPoller:
                 answers[oid] = (answer, spent.take())
         for sub in subs:
             sub.results.put_nowait(self._serve(sub, listed, listing, listing_error_cost, answers))
+            # Hundreds of watches read a listing of thousands of orders: let the loop breathe between
+            # them rather than hold it for the whole round (each watch changes only between awaits).
+            await asyncio.sleep(0)
         return spent.total
 
     def _serve(

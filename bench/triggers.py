@@ -14,6 +14,9 @@ own process with its own exchange:
 Figures: the exchange's own journal per INTERVAL_S bucket (listings, status requests, 429s), the
 delay from a group's last cancel to its trigger's event (median, p99), the event loop's lag (a
 10 ms ticker's worst lateness), peak RSS of the client process, and threads it started.
+
+Diagnosis: `--only N` runs one size of the shared design and prints it; with BENCH_SLOW_LOG=<file>
+the client runs its loop in asyncio debug mode and logs every step longer than 20 ms to that file.
 """
 
 from __future__ import annotations
@@ -64,12 +67,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def lag_monitor(stop: asyncio.Event, worst: list[float]) -> None:
-    """How late a 10 ms sleep wakes: the longest any callback waited for the loop."""
+    """How late a 10 ms sleep wakes: the longest any callback waited for the loop (and when)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         before = loop.time()
         await asyncio.sleep(TICK_S)
-        worst[0] = max(worst[0], loop.time() - before - TICK_S)
+        late = loop.time() - before - TICK_S
+        if late > worst[0]:
+            worst[0], worst[1] = late, time.time()
 
 
 _on_start: list[Any] = []
@@ -141,18 +146,30 @@ def client(design: str, groups_file: Path, go: Path) -> None:
     import airflow_provider_gemini.polling
     import airflow_provider_gemini.triggers.order  # noqa: F401
 
+    if os.environ.get("BENCH_SLOW_LOG"):
+        import logging
+
+        handler = logging.FileHandler(os.environ["BENCH_SLOW_LOG"])
+        logging.getLogger("asyncio").addHandler(handler)
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
     groups: list[list[str]] = json.loads(groups_file.read_text())
     fired: dict[int, float] = {}
-    worst = [0.0]
+    worst = [0.0, 0.0]
     threads_before = {t.name for t in threading.enumerate()}
     new_threads: set[str] = set()
 
     def reset() -> None:
-        worst[0] = 0.0
+        worst[0], worst[1] = 0.0, 0.0
+        began[0] = time.time()
+
+    began = [0.0]
 
     _on_start.append(reset)
 
     async def main() -> None:
+        if os.environ.get("BENCH_SLOW_LOG"):
+            asyncio.get_running_loop().set_debug(True)
+            asyncio.get_running_loop().slow_callback_duration = 0.02
         stop = asyncio.Event()
         monitor = asyncio.create_task(lag_monitor(stop, worst))
 
@@ -178,6 +195,7 @@ def client(design: str, groups_file: Path, go: Path) -> None:
             {
                 "fired": {str(k): v for k, v in fired.items()},
                 "lag_ms": worst[0] * 1000,
+                "lag_at_s": worst[1] - began[0],
                 "peak_rss_mib": peak_rss,
                 "extra_threads": sorted(new_threads),
             }
@@ -225,6 +243,8 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
                 text=True,
                 check=True,
             )
+            if os.environ.get("PYTHONASYNCIODEBUG"):
+                print("\n".join(line for line in out.stderr.splitlines() if "took" in line)[-3000:])
             result = json.loads(out.stdout.strip().splitlines()[-1])
             deadline = time.monotonic() + 30
             while not done.exists() and time.monotonic() < deadline:
@@ -259,6 +279,7 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
         "http_429": sum(1 for e in entries if e["status"] == 429),
         "requests": len(entries),
         "lag_ms": result["lag_ms"],
+        "lag_at_s": result["lag_at_s"],
         "peak_rss_mib": result["peak_rss_mib"],
         "extra_threads": result["extra_threads"],
     }
@@ -267,10 +288,16 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--client", nargs=3, metavar=("DESIGN", "GROUPS", "GO"), help="internal")
+    parser.add_argument("--only", type=int, help="one size, shared design only, printed, not written")
     args = parser.parse_args()
     if args.client:
         design, groups_file, go = args.client
         client(design, Path(groups_file), Path(go))
+        return
+    if args.only:
+        print(
+            json.dumps(one_run("shared", args.only, make_key(f"triggers-only-{args.only}"), seed=args.only))
+        )
         return
     started = time.monotonic()
     sizes = (10,) if args.quick else SIZES

@@ -21,6 +21,7 @@ DEPLOYED_DAGS = (
     "gemini_end_of_session",
     "gemini_sensor_deferrable_watch",
     "gemini_sensor_deferrable_many",
+    "reliability_timeout_retried",
 )
 
 
@@ -55,7 +56,8 @@ def deployed_airflow(
     dags = tmp_path_factory.mktemp("dags")
     for dag_file in (REPO_ROOT / "dags").glob("*.py"):
         shutil.copy(dag_file, dags)
-    shutil.copy(REPO_ROOT / "tests" / "integration" / "dags" / "sensor_deferrable.py", dags)
+    for test_dag in ("sensor_deferrable.py", "reliability_kill_resume.py"):
+        shutil.copy(REPO_ROOT / "tests" / "integration" / "dags" / test_dag, dags)
     deployment = Deployment(home, dags, ["api-server", "scheduler", "dag-processor", "triggerer"])
     try:
         created = deployment.request(

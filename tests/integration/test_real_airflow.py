@@ -8,6 +8,7 @@ The deployment and its exchange are the session's (conftest.py). Figures are pri
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
@@ -275,3 +276,42 @@ def test_mapped_deferred_sensors_share_one_poller_in_the_triggerer(
         seen += answer.json()["value"]["already_cancelled"]
     assert sorted(seen, key=int) == ids
     print(f"4 deferred sensors: {len(listings)} listings in {listings[-1] - listings[0]:.1f} s, gaps {gaps}")
+
+
+def test_a_sweep_killed_at_its_timeout_and_retried_keeps_both_tries_on_record(
+    airflow: Deployment, exchange: GeminiExchange
+) -> None:
+    """The scheduler's own retry: try 1 is cut off by execution_timeout mid-sweep (the exchange
+    answers its first cancels slowly), try 2 runs and finishes. The audit trail holds every cancel of
+    both tries, each under its try number; the XCom of try 1 is gone by then, the trail is not."""
+    from airflow_provider_gemini.audit import read_trail
+
+    assert exchange.api_key is not None
+    dag_id, task_id = "reliability_timeout_retried", "cancel_stale_orders"
+    old = int(time.time() * 1000) - 3 * HOUR_MS
+    stale = [
+        str(exchange.place_order(exchange.api_key, symbol="ethusd", timestampms=old)["order_id"])
+        for _ in range(40)
+    ]
+    exchange.inject_fault("delay", path="/v1/order/cancel", count=20, delay=0.5)
+    journal_from = len(exchange.journal)
+    finished, _ = trigger(airflow, dag_id, {})
+    run_id = str(finished["dag_run_id"])
+    ti = airflow.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}").json()
+    assert (ti["state"], ti["try_number"]) == ("success", 2), ti
+    assert all(exchange.order(oid)["is_cancelled"] for oid in stale)
+
+    lines = read_trail(airflow.home / "gemini_audit", dag_id=dag_id, run_id=run_id)
+    by_try = {n: {line["order_id"] for line in lines if line["try_number"] == n} for n in (1, 2)}
+    assert by_try[1] and by_try[2], {n: len(ids) for n, ids in by_try.items()}
+    assert not by_try[1] & by_try[2], "an order on record twice"
+    sent = {
+        str(e.payload["order_id"]) for e in exchange.journal[journal_from:] if e.path == "/v1/order/cancel"
+    }
+    # Every answered cancel is on record; only the one in flight when try 1 was cut off can be missing.
+    assert by_try[1] | by_try[2] <= sent and len(sent - (by_try[1] | by_try[2])) <= 1
+    assert sent == set(stale)
+    assert all(str(exchange.api_secret) not in json.dumps(line) for line in lines)
+    print(
+        f"timeout and retry: try 1 recorded {len(by_try[1])} cancels, try 2 {len(by_try[2])}, of {len(stale)}"
+    )

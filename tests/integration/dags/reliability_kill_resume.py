@@ -29,3 +29,13 @@ with DAG(dag_id="reliability_timeout", schedule=None, catchup=False):
     GeminiCancelStaleOrdersOperator(
         **SWEEP, execution_timeout=timedelta(seconds=8), deadline=timedelta(minutes=5)
     )
+
+# The same sweep as a scheduler runs it with retries: try 1 is cut off by its execution_timeout while
+# the exchange answers slowly, and Airflow runs try 2 (the deployment tier; the trail holds both).
+with DAG(dag_id="reliability_timeout_retried", schedule=None, catchup=False):
+    GeminiCancelStaleOrdersOperator(
+        **{**SWEEP, "symbols": ["ethusd"], "retries": 1},
+        retry_delay=timedelta(seconds=1),
+        execution_timeout=timedelta(seconds=6),
+        deadline=timedelta(minutes=5),
+    )
