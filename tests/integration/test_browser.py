@@ -73,7 +73,11 @@ def browser_page(deployed_airflow: Deployment) -> Iterator[Page]:
 
 def field(scope: Locator, label: str) -> Locator:
     """The form row (label, input, help text) whose text starts with `label`."""
-    return scope.locator("[data-part=root][role=group]").filter(has_text=re.compile(rf"^{re.escape(label)}"))
+    # The whole label (a required mark aside): "Audit trail" must not also find "Audit trail connection".
+    whole = re.compile(rf"^\s*{re.escape(label)}\s*\*?\s*$")
+    return scope.locator("[data-part=root][role=group]").filter(
+        has=scope.page.locator("label", has_text=whole)
+    )
 
 
 def rows_of(scope: Locator) -> list[str]:
