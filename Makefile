@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/parse_cost.py
 	$(BIN)/python bench/bulk.py
+	$(BIN)/python bench/triggers.py
 	@echo "bench/RESULTS.md rewritten"
 
 clean:

@@ -86,11 +86,11 @@ def started() -> None:
         callback()
 
 
-async def shared_design(groups: list[list[str]], go: Path, fired: dict[int, float]) -> None:
+async def shared_design(groups: list[list[str]], go: Path, fired: dict[int, float], interval: float) -> None:
     from airflow_provider_gemini.triggers.order import GeminiOrderStatusTrigger
 
     async def one(index: int, ids: list[str]) -> None:
-        trigger = GeminiOrderStatusTrigger(order_ids=ids, poll_interval=INTERVAL_S)
+        trigger = GeminiOrderStatusTrigger(order_ids=ids, poll_interval=interval)
         async for event in trigger.run():
             assert event.payload["status"] == "success", event.payload
             fired[index] = time.time()
@@ -103,7 +103,9 @@ async def shared_design(groups: list[list[str]], go: Path, fired: dict[int, floa
     await asyncio.gather(*tasks)
 
 
-async def baseline_design(groups: list[list[str]], go: Path, fired: dict[int, float]) -> None:
+async def baseline_design(
+    groups: list[list[str]], go: Path, fired: dict[int, float], interval: float
+) -> None:
     from airflow.sdk import BaseHook
 
     from airflow_provider_gemini.hooks.gemini import GeminiHook
@@ -121,7 +123,7 @@ async def baseline_design(groups: list[list[str]], go: Path, fired: dict[int, fl
         watch = OrderWatch([int(oid) for oid in ids])
         try:
             while True:
-                await asyncio.sleep(INTERVAL_S)
+                await asyncio.sleep(interval)
                 result = await asyncio.to_thread(watch.poll, client, request_cancel=False, log=Quiet())
                 if result.done:
                     fired[index] = time.time()
@@ -137,7 +139,7 @@ async def baseline_design(groups: list[list[str]], go: Path, fired: dict[int, fl
     await asyncio.gather(*tasks)
 
 
-def client(design: str, groups_file: Path, go: Path) -> None:
+def client(design: str, groups_file: Path, go: Path, interval: float) -> None:
     # What a triggerer has imported before its triggers run.
     import airflow.sdk  # noqa: F401
 
@@ -182,7 +184,7 @@ def client(design: str, groups_file: Path, go: Path) -> None:
         run = shared_design if design == "shared" else baseline_design
         limit = CANCEL_WINDOW_S + 240
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(run(groups, go, fired), limit)
+            await asyncio.wait_for(run(groups, go, fired, interval), limit)
         stop.set()
         await monitor
         await counter
@@ -206,11 +208,13 @@ def client(design: str, groups_file: Path, go: Path) -> None:
 # ---------------------------------------------------------------- the parent
 
 
-def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
+def one_run(
+    design: str, n: int, key: Key, seed: int, interval: float = INTERVAL_S, window: float = CANCEL_WINDOW_S
+) -> dict[str, Any]:
     rng = random.Random(seed)
     sizes = [rng.randint(1, 5) for _ in range(n)]
     total = sum(sizes)
-    at = [rng.uniform(0, CANCEL_WINDOW_S) for _ in range(total)]
+    at = [rng.uniform(0, window) for _ in range(total)]
     with tempfile.TemporaryDirectory(prefix="gemini-bench-triggers-") as tmp:
         go, done = Path(tmp, "go"), Path(tmp, "done.json")
         plan = {"go_file": str(go), "done_file": str(done), "at": at}
@@ -236,7 +240,7 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
                 "GEMINI_PROVIDER_STATE_DIR": tmp,
             }
             out = subprocess.run(
-                [sys.executable, __file__, "--client", design, str(groups_file), str(go)],
+                [sys.executable, __file__, "--client", design, str(groups_file), str(go), str(interval)],
                 cwd=REPO_ROOT,
                 env=env,
                 capture_output=True,
@@ -259,11 +263,11 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
             delays.append(fired - max(cancelled_at[oid] for oid in group))
     entries = [e for e in journal if e["api_key"] == key.api_key and e["time"] >= go_time]
     end = max((e["time"] for e in entries), default=go_time)
-    buckets = max(1, int((end - go_time) // INTERVAL_S) + 1)
+    buckets = max(1, int((end - go_time) // interval) + 1)
     per_bucket = [0] * buckets
     listings = [0] * buckets
     for e in entries:
-        bucket = min(buckets - 1, int((e["time"] - go_time) // INTERVAL_S))
+        bucket = min(buckets - 1, int((e["time"] - go_time) // interval))
         per_bucket[bucket] += 1
         listings[bucket] += e["path"] == "/v1/orders"
     return {
@@ -287,12 +291,12 @@ def one_run(design: str, n: int, key: Key, seed: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--client", nargs=3, metavar=("DESIGN", "GROUPS", "GO"), help="internal")
+    parser.add_argument("--client", nargs=4, metavar=("DESIGN", "GROUPS", "GO", "INTERVAL"), help="internal")
     parser.add_argument("--only", type=int, help="one size, shared design only, printed, not written")
     args = parser.parse_args()
     if args.client:
-        design, groups_file, go = args.client
-        client(design, Path(groups_file), Path(go))
+        design, groups_file, go, interval = args.client
+        client(design, Path(groups_file), Path(go), float(interval))
         return
     if args.only:
         print(
@@ -300,11 +304,13 @@ def main() -> None:
         )
         return
     started = time.monotonic()
+    # --quick proves the script works: ten triggers, a 1 s interval, cancels within 5 s.
     sizes = (10,) if args.quick else SIZES
+    timing = {"interval": 1.0, "window": 5.0} if args.quick else {}
     rows: list[dict[str, Any]] = []
     for n in sizes:
         for design in ("shared", "baseline"):
-            r = one_run(design, n, make_key(f"triggers-{design}-{n}"), seed=n)
+            r = one_run(design, n, make_key(f"triggers-{design}-{n}"), seed=n, **timing)
             rows.append(r)
             print(json.dumps(r))
     headers = [

@@ -22,6 +22,7 @@ SCRIPTS = {
     "cold_start.py": ["cold_start"],
     "bulk.py": ["bulk", "memory"],
     "parse_cost.py": ["parse"],
+    "triggers.py": ["triggers"],
 }
 
 
