@@ -3,6 +3,7 @@ No Airflow."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -41,6 +42,7 @@ from airflow_provider_gemini.retrying import (
     stop_at_call_deadline,
     wait_for_gemini,
 )
+from airflow_provider_gemini.state import StateFile
 from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send
 
 __all__ = [
@@ -59,6 +61,8 @@ PRODUCTION_URL = "https://api.gemini.com"
 SANDBOX_URL = "https://api.sandbox.gemini.com"
 
 RATE_SAFETY_MARGIN = 0.015
+RATE_LIMITED_PAUSE_SECONDS = 1.0
+"""How long the key's clients on this host hold back after a 429 that gives no Retry-After."""
 DEFAULT_CALL_TIMEOUT = 60.0
 USER_AGENT = f"airflow-provider-gemini/{__version__}"
 
@@ -105,12 +109,14 @@ class ClientStats:
 
 
 class RateLimiter:
-    """A thread-safe token bucket that keeps a client alone on a key clear of Gemini's own bucket.
+    """A token bucket that keeps the clients of a key clear of Gemini's own bucket.
 
     Gemini lets `burst` requests through at once, then `per_minute` a minute. This bucket paces
     RATE_SAFETY_MARGIN under that rate and holds one of the burst in reserve (capacity burst - 1):
     a request that reaches Gemini late (a new connection, a pause) then cannot leave the next one,
-    sent on time, without a token there.
+    sent on time, without a token there. With `state` (a StateFile) the bucket lives in that file,
+    taken under flock, so every process of the host that uses the key shares it; a taken token may
+    be due in the future (the bucket goes negative), which gives each waiting process its own turn.
     """
 
     def __init__(
@@ -120,6 +126,7 @@ class RateLimiter:
         *,
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
+        state: StateFile | None = None,
     ) -> None:
         self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
         self.capacity = float(max(1, burst - 1))
@@ -128,16 +135,48 @@ class RateLimiter:
         self._tokens = self.capacity
         self._stamp = clock()
         self._lock = threading.Lock()
+        self._state = state
+
+    def _spend(self, tokens: float, stamp: float, now: float, cost: float) -> float:
+        return min(self.capacity, tokens + (now - stamp) * self.rate) - cost
+
+    def _update(self, change: Callable[[float, float], float]) -> float:
+        """Apply `change(tokens now, now) -> tokens after` to the bucket, in this process or in the
+        host's state file; returns the tokens after."""
+        if self._state is None:
+            with self._lock:
+                now = self._clock()
+                self._tokens, self._stamp = (
+                    change(min(self.capacity, self._tokens + (now - self._stamp) * self.rate), now),
+                    now,
+                )
+                return self._tokens
+
+        def shared(stored: bytes) -> tuple[bytes, float]:
+            now = self._clock()
+            try:
+                tokens, stamp = (float(part) for part in stored.split())
+            except ValueError:
+                tokens, stamp = self.capacity, now
+            # A stamp from the future (the monotonic clock restarts with the host) or a bucket more
+            # than a minute in debt is not this host's current state: start full.
+            if stamp > now or tokens < -60.0 * self.rate:
+                tokens, stamp = self.capacity, now
+            after = change(min(self.capacity, tokens + (now - stamp) * self.rate), now)
+            return f"{after!r} {now!r}".encode(), after
+
+        return self._state.update(shared)
 
     def reserve(self) -> float:
         """Take one token now and return the seconds until it is due (0 when one was there); the
         caller waits that long, with whatever sleep suits it (the async client awaits it)."""
-        with self._lock:
-            now = self._clock()
-            tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate) - 1.0
-            self._tokens = tokens
-            self._stamp = now
+        tokens = self._update(lambda available, now: available - 1.0)
         return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+    def penalize(self, seconds: float) -> None:
+        """Gemini answered 429: empty the bucket so that no client of the key, in any process sharing
+        it, sends again for `seconds`."""
+        self._update(lambda available, now: min(available, -max(0.0, seconds) * self.rate))
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds slept."""
@@ -154,13 +193,21 @@ _limiters_lock = threading.Lock()
 def _shared_limiter(
     api_key: str, per_minute: float, burst: int, *, sleep: Sleep, clock: Clock
 ) -> RateLimiter:
-    """One limiter per key and setting in a process: Gemini counts requests per key, not per client."""
+    """One limiter per key and setting in a process, its bucket shared by every process of the host
+    through a state file (Gemini counts requests per key, not per client). An injected clock keeps
+    the bucket in the process: another process cannot read that clock."""
     with _limiters_lock:
         key = (api_key, per_minute, burst, sleep, clock)
         limiter = _limiters.get(key)
         if limiter is None:
-            limiter = _limiters[key] = RateLimiter(per_minute, burst, sleep=sleep, clock=clock)
+            state = StateFile(rate_file_name(api_key)) if clock is time.monotonic else None
+            limiter = _limiters[key] = RateLimiter(per_minute, burst, sleep=sleep, clock=clock, state=state)
         return limiter
+
+
+def rate_file_name(api_key: str) -> str:
+    """The state file of a key's shared token bucket: a hash, never the key."""
+    return f"rate-{hashlib.sha256(api_key.encode()).hexdigest()}"
 
 
 def _masked(api_key: str) -> str:
@@ -298,10 +345,13 @@ class ClientCore:
     def _decoded(self, path: str, answer: Answer) -> Any:
         """The decoded JSON of a 2xx answer; the GeminiError for anything else."""
         status = answer.status
-        if status == 429:
-            self._count(HTTP_429)
         if not 200 <= status < 300:
             error = error_from_response(status, answer.headers, answer.body)
+            if status == 429:
+                self._count(HTTP_429)
+                if self._limiter is not None:
+                    # Every process on the host that uses the key holds back, not only this one.
+                    self._limiter.penalize(error.retry_after or RATE_LIMITED_PAUSE_SECONDS)
             if self.oauth is not None and error.kind == "missing_role":
                 # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
                 needed = REQUIRED_SCOPE.get(path, "a scope")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import scrubbed_env
 
+from airflow_provider_gemini.state import STATE_DIR_ENV
 from airflow_provider_gemini.testing.exchange import GeminiExchange
+
+# Each pytest-xdist worker talks to exchanges of its own, like a host of its own: its nonce files and
+# its key's shared rate bucket live in a state directory of its own (its Airflow subprocesses inherit
+# it), or workers that reuse the fixture key would pace each other.
+if STATE_DIR_ENV not in os.environ:
+    os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="gemini-test-state-")
+    atexit.register(shutil.rmtree, os.environ[STATE_DIR_ENV], ignore_errors=True)
 
 
 @pytest.fixture
