@@ -464,8 +464,8 @@ class GeminiClient(ClientCore):
     """A client for Gemini's private REST API, usable with or without Airflow.
 
     Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
-    timeouts, 429 (after Retry-After when given), 5xx and InvalidNonce are retried up to
-    `max_attempts` attempts in all; other errors raise at once. Each attempt must have the whole
+    timeouts, 5xx and InvalidNonce are retried up to `max_attempts` attempts in all, 429 (after
+    Retry-After when given) until the call's deadline; other errors raise at once. Each attempt must have the whole
     answer within `timeout` seconds, and each call, retries and their waits included, ends within
     `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
     drive the retry waits, the call deadline and the rate limiter. `metrics` gets each attempt's

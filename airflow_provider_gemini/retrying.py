@@ -47,7 +47,9 @@ def retry_if_safe_to_repeat(state: tenacity.RetryCallState) -> bool:
 
 class stop_after_attempts_or_nonce_grace(tenacity.stop.stop_base):
     """Stop after `max_attempts`; a nonce collision (another process signed later but arrived first)
-    costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often."""
+    costs nothing at Gemini and gets NONCE_EXTRA_ATTEMPTS more, since busy hosts can collide often.
+    A rate limit clears by itself: a 429 is counted against the call's deadline alone, not attempts
+    (stop_at_call_deadline ends it), so a busy key slows a run down instead of failing its orders."""
 
     def __init__(self, max_attempts: int) -> None:
         self.max_attempts = max_attempts
@@ -55,8 +57,11 @@ class stop_after_attempts_or_nonce_grace(tenacity.stop.stop_base):
     def __call__(self, state: tenacity.RetryCallState) -> bool:
         exc = _failure(state)
         limit = self.max_attempts
-        if isinstance(exc, GeminiError) and exc.kind == "invalid_nonce":
-            limit += NONCE_EXTRA_ATTEMPTS
+        if isinstance(exc, GeminiError):
+            if exc.kind == "rate_limited":
+                return False
+            if exc.kind == "invalid_nonce":
+                limit += NONCE_EXTRA_ATTEMPTS
         return state.attempt_number >= limit
 
 

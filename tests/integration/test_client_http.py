@@ -105,6 +105,30 @@ def test_429_without_retry_after_backs_off_and_succeeds(
     assert statuses(exchange, "/v1/heartbeat") == [429, 429, 200]
 
 
+def test_a_rate_limit_is_retried_past_max_attempts_until_the_call_deadline(
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient]
+) -> None:
+    """Eight 429s in a row with max_attempts=5: a rate limit clears by itself, so the call waits it
+    out (within call_timeout) instead of failing the cancel."""
+    exchange.place_order(exchange.api_key)
+    exchange.inject_fault("rate_limit", CANCEL, count=8, retry_after=0.1)
+    client = make_client(max_attempts=5, call_timeout=30)
+    assert client.cancel_order(WIDE_ID).is_cancelled
+    assert statuses(exchange, CANCEL) == [429] * 8 + [200]
+    assert client.stats.retries_by_kind == {"rate_limited": 8}
+
+
+def test_a_rate_limit_still_ends_at_the_call_deadline(
+    exchange: GeminiExchange, make_client: Callable[..., GeminiClient]
+) -> None:
+    exchange.place_order(exchange.api_key)
+    exchange.inject_fault("rate_limit", CANCEL, count=1000, retry_after=0.5)
+    client = make_client(call_timeout=2)
+    with pytest.raises(RateLimitedError):
+        client.cancel_order(WIDE_ID)
+    assert 2 <= exchange.count(CANCEL) <= 5
+
+
 def test_retry_after_beyond_a_minute_is_not_slept_on(
     exchange: GeminiExchange, make_client: Callable[..., GeminiClient]
 ) -> None:
