@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,20 @@ PARSE_SLICE = 200
 """Listing rows parsed between two turns of the event loop (about 1 ms of work)."""
 
 
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turn(identity: str) -> asyncio.Lock:
+    """The running loop's lock for one key."""
+    locks = _turns.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(identity)
+    if lock is None:
+        lock = locks[identity] = asyncio.Lock()
+    return lock
+
+
 class AsyncGeminiClient(ClientCore):
     """Order status, the live-order listing and the key's roles, awaited. Takes GeminiClient's
     arguments, plus `async_sleep` (awaited for pacing and retry waits; injectable for tests).
@@ -53,7 +68,6 @@ class AsyncGeminiClient(ClientCore):
 
     def _open_transport(self, sleep: Sleep) -> None:
         self._http: httpx.AsyncClient | None = None
-        self._turn = asyncio.Lock()
         self._retrying = tenacity.AsyncRetrying(sleep=self._async_sleep, **self._retry_policy())
 
     async def __aenter__(self) -> AsyncGeminiClient:
@@ -110,9 +124,10 @@ class AsyncGeminiClient(ClientCore):
             if wait > 0.0:
                 await self._async_sleep(wait)
         url = self.base_url + path
-        # A key's nonces must reach Gemini in the order they were signed: callers of one client
-        # take turns from signing to answer, instead of overtaking each other into InvalidNonce.
-        async with self._turn:
+        # A key's nonces must reach Gemini in the order they were signed: the loop's clients of one
+        # key (a master key's accounts, say) take turns from signing to answer, instead of
+        # overtaking each other into InvalidNonce.
+        async with _turn(self._auth.identity):
             headers, _ = self._auth.headers(path, fields)
             seconds = self._seconds(path, deadline)
             started = time.perf_counter()

@@ -82,7 +82,6 @@ class SharedPoller:
         self.account = account
         per_minute = client.rate_limit_per_minute or GEMINI_RATE_PER_MINUTE
         self.requests_per_second = share * per_minute / 60.0
-        self.rounds = 0
         self._subscribers: list[Subscription] = []
         self.closed = False
         self.polling = False
@@ -94,8 +93,9 @@ class SharedPoller:
         return len(self._subscribers)
 
     def subscribe(self, watch: OrderWatch, interval: float, log: Log = _log) -> Subscription:
-        """Serve `watch` from the next round on; its first result comes after `interval` at the
-        earliest (the task that deferred has just polled)."""
+        """Serve `watch` from the next round on. A poller of its own starts its first round after
+        `interval` (the task that deferred has just polled); one that is already running serves it
+        at its next round, which costs nothing more."""
         if self.closed:
             raise RuntimeError("this poller has ended; take one from shared_poller()")
         sub = Subscription(watch, max(0.0, float(interval)), log)
@@ -143,7 +143,6 @@ class SharedPoller:
                     last_cost = 1
                 finally:
                     self.polling = False
-                self.rounds += 1
         finally:
             # Before any await: from here shared_poller() builds a new poller for new subscribers.
             self.closed = True

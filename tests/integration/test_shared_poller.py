@@ -72,7 +72,11 @@ def listing_gaps(exchange: GeminiExchange, api_key: str, account: str | None = N
     times = [
         e.time
         for e in exchange.journal
-        if e.path == ORDERS and e.api_key == api_key and e.payload.get("account") == account
+        # Answered listings: one a round (an InvalidNonce answer and its retry are one round's listing).
+        if e.path == ORDERS
+        and e.status == 200
+        and e.api_key == api_key
+        and e.payload.get("account") == account
     ]
     return [b - a for a, b in itertools.pairwise(times)]
 
