@@ -80,8 +80,9 @@ def test_a_dags_test_run_sends_the_documented_metrics_to_statsd(
     two_attempts = json.loads(ex.airflow_connection())
     two_attempts["extra"] = {"max_attempts": 2}
     # Queued faults meet the next cancels in order: both of the flaky task's first attempts (a 503,
-    # retried; a 429, the last attempt), then its next pass is answered.
-    ex.inject_fault("maintenance", CANCEL)
+    # retried; a 503 again, the last attempt), its next pass is answered; then the mixed task's first
+    # cancel meets a 429, which is retried (a rate limit is waited out, not counted as an attempt).
+    ex.inject_fault("maintenance", CANCEL, count=2)
     ex.inject_fault("rate_limit", CANCEL, retry_after=0.1)
     env = airflow_env(
         tmp_path / "home",
@@ -113,11 +114,13 @@ def test_a_dags_test_run_sends_the_documented_metrics_to_statsd(
     assert statsd.count(p + "cancel.already_cancelled") == 1, figures
     assert statsd.count(p + "cancel.filled") == 1, figures
     assert statsd.count(p + "cancel.not_found") == 1, figures
-    assert statsd.count(p + "cancel.failed.rate_limited") == 1, figures
+    assert statsd.count(p + "cancel.failed.service_error") == 1, figures
     assert statsd.count(p + "retry.service_error") == 1, figures
+    assert statsd.count(p + "retry.rate_limited") == 1, figures
     assert statsd.count(p + "http_429") == 1, figures
     latency = statsd.values(p + "request.latency")
-    # Every HTTP attempt: two listings, the flaky task's three cancels, the mixed task's five.
-    assert len(latency) == len(ex.journal) == 2 + 3 + len(conf["ids"]), figures
+    # Every HTTP attempt: two listings, the flaky task's three cancels, the mixed task's five and
+    # the retry of its 429.
+    assert len(latency) == len(ex.journal) == 2 + 3 + len(conf["ids"]) + 1, figures
     assert {kind for _, kind in latency} == {"ms"} and all(value >= 0 for value, _ in latency)
     print(figures)

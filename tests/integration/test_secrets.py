@@ -170,8 +170,9 @@ def _empty_404(exchange: GeminiExchange) -> Any:
 
 
 def _rate_limited_exhausted(exchange: GeminiExchange) -> Any:
-    exchange.inject_fault("rate_limit", path=CANCEL, count=3, retry_after=0.01)
-    return _client(exchange, max_attempts=3).cancel_order(_live_order(exchange))
+    # A 429 is retried until the call's deadline, not for a number of attempts.
+    exchange.inject_fault("rate_limit", path=CANCEL, count=1000, retry_after=0.01)
+    return _client(exchange, call_timeout=0.5).cancel_order(_live_order(exchange))
 
 
 def _maintenance_exhausted(exchange: GeminiExchange) -> Any:

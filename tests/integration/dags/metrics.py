@@ -13,8 +13,8 @@ with DAG(
     params={"ids": Param([], type="array"), "flaky_id": Param("1", type="string")},
     default_args={"retries": 0},
 ):
-    # Two attempts per request on this connection: a 503 then a 429 fail the cancel (a retry, then
-    # failed.rate_limited), and the run's next pass cancels it.
+    # Two attempts per request on this connection: two 503s fail the cancel (a retry, then
+    # failed.service_error), and the run's next pass cancels it.
     flaky = GeminiCancelOrderOperator(
         task_id="cancel_flaky", gemini_conn_id="gemini_two_attempts", order_id="{{ params.flaky_id }}"
     )
