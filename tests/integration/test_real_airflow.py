@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from deployment import Deployment
@@ -57,6 +58,14 @@ def test_a_rest_triggered_cancel_runs_through_the_scheduler(
     print(f"gemini_cancel_order: trigger to success in {seconds:.1f} s")
 
 
+# How late after its slot each scheduled DAG still acts: the sweep until the 16:00 close, the
+# end-of-session cancel the operators' default max_start_delay.
+ON_TIME = {
+    "gemini_cancel_stale_orders": timedelta(minutes=15),
+    "gemini_end_of_session": timedelta(minutes=30),
+}
+
+
 @pytest.mark.parametrize("dag_id", ["gemini_cancel_stale_orders", "gemini_end_of_session"])
 def test_unpausing_a_scheduled_dag_long_after_its_slot_cancels_nothing(
     airflow: Deployment, exchange: GeminiExchange, dag_id: str
@@ -70,11 +79,23 @@ def test_unpausing_a_scheduled_dag_long_after_its_slot_cancels_nothing(
     states = airflow.task_states(dag_id, finished["dag_run_id"])
     assert finished["run_type"] == "scheduled", finished
     first = "cancel_stale_orders" if dag_id == "gemini_cancel_stale_orders" else "cancel_session_orders"
+    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
+    ti = airflow.request(
+        "GET", f"/dags/{dag_id}/dagRuns/{finished['dag_run_id']}/taskInstances/{first}"
+    ).json()
+    slot = datetime.fromisoformat(str(finished["run_after"]))
+    late = datetime.fromisoformat(str(ti["start_date"] or ti["end_date"])) - slot
+    if late <= ON_TIME[dag_id]:
+        # The suite happens to run within the slot's own window (say 15:50 New York on a weekday):
+        # that run is on time, and acts as it must. The backfill test below covers lateness anyway.
+        assert states[first] == "success", (states, finished)
+        assert all(exchange.order(oid)["is_cancelled"] for oid in live)
+        print(f"{dag_id}: scheduled run for {finished['run_after']} was on time ({late}) and acted")
+        return
     assert states[first] == "skipped", (states, finished)
     assert all(exchange.order(oid)["is_live"] for oid in live)
     assert exchange.journal[sent:] == [], "the late scheduled run sent requests"
-    assert airflow.request("PATCH", f"/dags/{dag_id}", {"is_paused": True}).status_code == 200
-    print(f"{dag_id}: scheduled run for {finished['run_after']} skipped; states {states}")
+    print(f"{dag_id}: scheduled run for {finished['run_after']} skipped, {late} late; states {states}")
 
 
 def test_a_backfill_of_the_sweep_cancels_nothing_today(airflow: Deployment, exchange: GeminiExchange) -> None:
