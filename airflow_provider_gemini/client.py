@@ -137,8 +137,9 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._state = state
 
-    def _spend(self, tokens: float, stamp: float, now: float, cost: float) -> float:
-        return min(self.capacity, tokens + (now - stamp) * self.rate) - cost
+    def _refilled(self, tokens: float, stamp: float, now: float) -> float:
+        """The tokens of a bucket that held `tokens` at `stamp`, refilled at the rate until `now`."""
+        return min(self.capacity, tokens + (now - stamp) * self.rate)
 
     def _update(self, change: Callable[[float, float], float]) -> float:
         """Apply `change(tokens now, now) -> tokens after` to the bucket, in this process or in the
@@ -146,10 +147,8 @@ class RateLimiter:
         if self._state is None:
             with self._lock:
                 now = self._clock()
-                self._tokens, self._stamp = (
-                    change(min(self.capacity, self._tokens + (now - self._stamp) * self.rate), now),
-                    now,
-                )
+                self._tokens = change(self._refilled(self._tokens, self._stamp, now), now)
+                self._stamp = now
                 return self._tokens
 
         def shared(stored: bytes) -> tuple[bytes, float]:
@@ -162,7 +161,7 @@ class RateLimiter:
             # than a minute in debt is not this host's current state: start full.
             if stamp > now or tokens < -60.0 * self.rate:
                 tokens, stamp = self.capacity, now
-            after = change(min(self.capacity, tokens + (now - stamp) * self.rate), now)
+            after = change(self._refilled(tokens, stamp, now), now)
             return f"{after!r} {now!r}".encode(), after
 
         return self._state.update(shared)
@@ -465,9 +464,9 @@ class GeminiClient(ClientCore):
 
     Every attempt takes a rate-limiter token, a fresh nonce and a fresh signature. Connection errors,
     timeouts, 5xx and InvalidNonce are retried up to `max_attempts` attempts in all, 429 (after
-    Retry-After when given) until the call's deadline; other errors raise at once. Each attempt must have the whole
-    answer within `timeout` seconds, and each call, retries and their waits included, ends within
-    `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
+    Retry-After when given) until the call's deadline; other errors raise at once. Each attempt must
+    have the whole answer within `timeout` seconds, and each call, retries and their waits included,
+    ends within `call_timeout` seconds. `sleep` and `clock` (monotonic seconds) are injectable for tests; they
     drive the retry waits, the call deadline and the rate limiter. `metrics` gets each attempt's
     latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
     `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of

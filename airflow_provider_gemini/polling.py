@@ -157,19 +157,18 @@ class SharedPoller:
                 sub.results.put_nowait(sub.watch.verdict(None, 0))
             return 0
         spent = _Spent(self.client)
-        listing_error_cost: Cost = (0, 0)
         listed: dict[str, Order] | None = None
-        listing: Cost | Exception | None = None
+        listing_error: Exception | None = None
+        listing_cost: Cost = (0, 0)
         # One watched order in all: its status alone answers, and costs the same as a listing.
         if len(pending) > 1:
             try:
                 listed = {o.order_id: o for o in await self.client.active_orders(account=self.account)}
-                listing = spent.take()
             except (GeminiError, ValueError) as err:
-                listing = err
-                listing_error_cost = spent.take()
+                listing_error = err
+            listing_cost = spent.take()
         answers: dict[int, tuple[Order | Exception, Cost]] = {}
-        if not isinstance(listing, Exception):
+        if listing_error is None:
             # One at a time: a key's nonces must reach Gemini in order, so its requests never overlap.
             for oid in sorted(oid for oid in pending if listed is None or str(oid) not in listed):
                 try:
@@ -180,7 +179,7 @@ class SharedPoller:
                     answer = err
                 answers[oid] = (answer, spent.take())
         for sub in subs:
-            sub.results.put_nowait(self._serve(sub, listed, listing, listing_error_cost, answers))
+            sub.results.put_nowait(self._serve(sub, listed, listing_error, listing_cost, answers))
             # Hundreds of watches read a listing of thousands of orders: let the loop breathe between
             # them rather than hold it for the whole round (each watch changes only between awaits).
             await asyncio.sleep(0)
@@ -190,20 +189,19 @@ class SharedPoller:
         self,
         sub: Subscription,
         listed: dict[str, Order] | None,
-        listing: Cost | Exception | None,
-        listing_error_cost: Cost,
+        listing_error: Exception | None,
+        listing_cost: Cost,
         answers: dict[int, tuple[Order | Exception, Cost]],
     ) -> PollResult:
         watch = sub.watch
         pending = watch.pending()
         if not pending:
             return watch.verdict(None, 0)
-        if isinstance(listing, Exception):
-            watch.add_requests(*listing_error_cost)
-            return watch.verdict(watch.take_listing_error(listing), 0)
-        costs = [answers[oid][1] for oid in pending if oid in answers]
-        if listing is not None:
-            costs.append(listing)
+        if listing_error is not None:
+            watch.add_requests(*listing_cost)
+            return watch.verdict(watch.take_listing_error(listing_error), 0)
+        # Every watch a listing served is charged it (listing_cost is (0, 0) when none was made).
+        costs = [listing_cost, *(answers[oid][1] for oid in pending if oid in answers)]
         watch.add_requests(sum(c[0] for c in costs), sum(c[1] for c in costs))
         transient: str | None = None
         live = 0
