@@ -128,11 +128,11 @@ class AsyncGeminiClient(ClientCore):
         # key (a master key's accounts, say) take turns from signing to answer, instead of
         # overtaking each other into InvalidNonce.
         async with _turn(self._auth.identity):
-            headers, _ = self._auth.headers(path, fields)
+            headers, credential = self._auth.headers(path, fields)
             seconds = self._seconds(path, deadline)
             started = time.perf_counter()
             answer = await self._send(url, headers, seconds)
-        return self._decoded(path, self._answered(path, url, answer, seconds, started))
+        return self._decoded(path, self._answered(path, url, answer, seconds, started), credential)
 
     async def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
         return await self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)

@@ -91,24 +91,51 @@ class RequestAuth(Protocol):
         """After a 401 to headers carrying `used`: True if new credentials are in place to resend with."""
         ...
 
+    def refused(self, used: object) -> None:
+        """Gemini answered InvalidNonce to headers carrying `used`."""
+        ...
+
+
+class NonceSource(Protocol):
+    """Where a key's nonces come from. `offset` (seconds) moves the local clock onto the exchange's."""
+
+    def __call__(self, offset: float = 0.0) -> int: ...
+
+    def refused(self, nonce: int) -> None:
+        """Gemini refused `nonce` as not increasing: another host or tool is ahead of this host."""
+        ...
+
 
 class KeyAuth:
-    """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time."""
+    """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time,
+    on the exchange's clock when `offset` (seconds to add to ours, e.g. ServerClock's) says ours is off."""
 
-    def __init__(self, api_key: str, api_secret: bytes, nonce: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: bytes,
+        nonce: NonceSource,
+        offset: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._api_key = api_key
         self._secret = api_secret
         self._nonce = nonce
+        self._offset = offset
 
     @property
     def identity(self) -> str:
         return self._api_key
 
     def headers(self, path: str, fields: Mapping[str, Any]) -> tuple[dict[str, str], object]:
-        return build_private_headers(self._api_key, self._secret, path, self._nonce(), fields), None
+        nonce = self._nonce(self._offset())
+        return build_private_headers(self._api_key, self._secret, path, nonce, fields), nonce
 
     def renew(self, used: object) -> bool:
         return False  # a key does not change: a 401 is final
+
+    def refused(self, used: object) -> None:
+        if isinstance(used, int):
+            self._nonce.refused(used)
 
 
 def nonce_file_name(api_key: str) -> str:
@@ -139,12 +166,37 @@ GEMINI_NONCE_WINDOW_SECONDS = 30
 _live_sources: weakref.WeakSet[TimeNonce] = weakref.WeakSet()
 
 
+# After an InvalidNonce the host's counter runs this much ahead of its clock, doubling with each
+# refusal of a nonce issued since the last raise, up to MAX_NONCE_LEAD_MS, halving every
+# NONCE_LEAD_HALF_LIFE_MS without one: enough to pass another host whose clock (or anchoring) is a
+# little ahead, and never far from real time.
+NONCE_LEAD_STEP_MS = 25
+MAX_NONCE_LEAD_MS = 3_000
+NONCE_LEAD_HALF_LIFE_MS = 60_000
+
+
+def _counter_state(stored: bytes) -> tuple[int, float, int]:
+    """(last nonce, lead ms, the nonce at the lead's last raise) from a state file; zeros if unreadable."""
+    parts = stored.split()
+    try:
+        last = int(parts[0]) if parts else 0
+        lead = float(parts[1]) if len(parts) > 1 else 0.0
+        raised = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        return 0, 0.0, 0
+    if not 0.0 <= lead <= MAX_NONCE_LEAD_MS:
+        lead = 0.0
+    return last, lead, raised
+
+
 class CounterNonce:
     """Milliseconds, strictly increasing for one key across every process of this user on the host.
 
-    next = max(now_ms, last + 1), where `last` lives in a private state file (state.py) that is kept
-    open and read and written under flock, so a nonce costs a few syscalls. A stored value more than
-    MAX_STORED_LEAD_MS ahead of the clock is discarded with a warning.
+    next = max(now_ms + lead, last + 1), where `now` is this host's clock plus `offset` (the
+    exchange's clock when ours is known to be off), and `last` and `lead` live in a private state file
+    (state.py) that is kept open and read and written under flock, so a nonce costs a few syscalls.
+    `lead` is 0 until Gemini refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS
+    ahead of both clocks is discarded with a warning.
     """
 
     def __init__(
@@ -158,27 +210,47 @@ class CounterNonce:
         self.path = str(self._file.path)
         self._clock = clock
 
-    def __call__(self) -> int:
-        return self._file.update(self._next)
+    def __call__(self, offset: float = 0.0) -> int:
+        return self._file.update(lambda stored: self._next(stored, offset))
 
-    def _next(self, stored: bytes) -> tuple[bytes, int]:
-        now = int(self._clock() * 1000)
-        try:
-            last = int(stored)
-        except ValueError:
-            last = 0
-        if last - now > MAX_STORED_LEAD_MS:
+    def _lead_now(self, lead: float, raised: int, now: int) -> float:
+        """The lead after halving every NONCE_LEAD_HALF_LIFE_MS since it was raised at `raised`."""
+        if lead <= 0.0:
+            return 0.0
+        age = max(0, now - raised)
+        return float(lead * 0.5 ** (age / NONCE_LEAD_HALF_LIFE_MS))
+
+    def _next(self, stored: bytes, offset: float) -> tuple[bytes, int]:
+        local = time_ms = int(self._clock() * 1000)
+        time_ms += int(offset * 1000)
+        last, lead, raised = _counter_state(stored)
+        if last - max(local, time_ms) > MAX_STORED_LEAD_MS:
             log.warning(
                 "Nonce state %s holds %d, more than %d ms ahead of the clock (%d ms): not sent by this "
                 "client; starting again from the clock",
                 self.path,
                 last,
                 MAX_STORED_LEAD_MS,
-                now,
+                time_ms,
             )
-            last = 0
-        nonce = max(now, last + 1)
-        return b"%020d" % nonce, nonce
+            last, lead, raised = 0, 0.0, 0
+        nonce = max(time_ms + int(self._lead_now(lead, raised, time_ms)), last + 1)
+        return b"%020d %r %d" % (nonce, lead, raised), nonce
+
+    def refused(self, nonce: int) -> None:
+        """Gemini has seen a nonce at least as large as `nonce` from elsewhere: raise the lead (once
+        per raise; refusals of nonces issued before the last raise say nothing new)."""
+
+        def raise_lead(stored: bytes) -> tuple[bytes, None]:
+            last, lead, raised = _counter_state(stored)
+            if nonce > raised:
+                current = self._lead_now(lead, raised, nonce)
+                lead = min(float(MAX_NONCE_LEAD_MS), max(2.0 * current, float(NONCE_LEAD_STEP_MS)))
+                raised = max(last, nonce)
+                log.info("Nonce %d refused: this host's nonces now lead its clock by %.0f ms", nonce, lead)
+            return b"%020d %r %d" % (max(last, nonce), lead, raised), None
+
+        self._file.update(raise_lead)
 
     def close(self) -> None:
         self._file.close()
@@ -202,10 +274,10 @@ class TimeNonce:
         self._last = 0
         _live_sources.add(self)
 
-    def __call__(self) -> int:
+    def __call__(self, offset: float = 0.0) -> int:
         with self._lock:
             while True:
-                now = self._clock()
+                now = self._clock() + offset
                 nonce = max(int(now), self._last + 1)
                 lead = nonce - now
                 if lead <= TIME_NONCE_LEAD_SECONDS:
@@ -225,6 +297,9 @@ class TimeNonce:
             self._last = nonce
             return nonce
 
+    def refused(self, nonce: int) -> None:
+        """Nothing to move: the retry waits for the next second (see retrying.wait_for_gemini)."""
+
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
@@ -236,11 +311,11 @@ def _reset_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
-_shared: dict[tuple[str, str], Callable[[], int]] = {}
+_shared: dict[tuple[str, str], NonceSource] = {}
 _shared_lock = threading.Lock()
 
 
-def nonce_source(mode: str, api_key: str) -> Callable[[], int]:
+def nonce_source(mode: str, api_key: str) -> NonceSource:
     """The process-wide nonce source for a key in `mode` ("counter" or "time")."""
     if mode not in NONCE_MODES:
         raise ValueError(f"nonce_mode: expected 'counter' or 'time', got {mode!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +44,7 @@ from airflow_provider_gemini.retrying import (
     wait_for_gemini,
 )
 from airflow_provider_gemini.state import StateFile
-from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send
+from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send, server_clock
 
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
@@ -63,6 +64,14 @@ SANDBOX_URL = "https://api.sandbox.gemini.com"
 RATE_SAFETY_MARGIN = 0.015
 RATE_LIMITED_PAUSE_SECONDS = 1.0
 """How long the key's clients on this host hold back after a 429 that gives no Retry-After."""
+RATE_LIMITED_PAUSE_JITTER = 0.25
+"""A host's pause after a 429 is longer by up to this share, so hosts do not all resume at once."""
+PACE_BACKOFF = 0.7
+"""After a 429 the key's pace on this host drops to this share of what it was (once per pause) ..."""
+MIN_PACE = 0.2
+PACE_RECOVERY_PER_SECOND = 0.01
+"""... and climbs back by this share of the full rate a second: other hosts on the key, which this
+host cannot see, then find their share instead of meeting 429 after 429."""
 DEFAULT_CALL_TIMEOUT = 60.0
 USER_AGENT = f"airflow-provider-gemini/{__version__}"
 
@@ -108,6 +117,32 @@ class ClientStats:
             }
 
 
+@dataclass
+class Bucket:
+    """A token bucket's state at `stamp`: tokens (negative: turns already promised), the pace (share
+    of the full rate, below 1 after 429s) and the end of the last 429 pause."""
+
+    tokens: float
+    stamp: float
+    pace: float = 1.0
+    paused_until: float = 0.0
+
+    def encode(self) -> bytes:
+        return f"{self.tokens!r} {self.stamp!r} {self.pace!r} {self.paused_until!r}".encode()
+
+    @classmethod
+    def decode(cls, stored: bytes) -> Bucket | None:
+        try:
+            parts = [float(part) for part in stored.split()]
+        except ValueError:
+            return None
+        if len(parts) == 2:
+            parts += [1.0, 0.0]
+        if len(parts) != 4 or not MIN_PACE <= parts[2] <= 1.0:
+            return None
+        return cls(*parts)
+
+
 class RateLimiter:
     """A token bucket that keeps the clients of a key clear of Gemini's own bucket.
 
@@ -117,6 +152,8 @@ class RateLimiter:
     sent on time, without a token there. With `state` (a StateFile) the bucket lives in that file,
     taken under flock, so every process of the host that uses the key shares it; a taken token may
     be due in the future (the bucket goes negative), which gives each waiting process its own turn.
+    A 429 (`penalize`) pauses the bucket and slows its pace, which then recovers over time: the key's
+    clients on other hosts, which this bucket cannot see, get room that way.
     """
 
     def __init__(
@@ -132,50 +169,66 @@ class RateLimiter:
         self.capacity = float(max(1, burst - 1))
         self._sleep = sleep
         self._clock = clock
-        self._tokens = self.capacity
-        self._stamp = clock()
+        self._bucket = Bucket(self.capacity, clock())
         self._lock = threading.Lock()
         self._state = state
 
-    def _refilled(self, tokens: float, stamp: float, now: float) -> float:
-        """The tokens of a bucket that held `tokens` at `stamp`, refilled at the rate until `now`."""
-        return min(self.capacity, tokens + (now - stamp) * self.rate)
+    def _refilled(self, bucket: Bucket, now: float) -> Bucket:
+        """`bucket` refilled until `now` at its pace, and its pace recovered meanwhile."""
+        elapsed = max(0.0, now - bucket.stamp)
+        pace = min(1.0, bucket.pace + elapsed * PACE_RECOVERY_PER_SECOND)
+        tokens = min(self.capacity, bucket.tokens + elapsed * self.rate * (bucket.pace + pace) / 2.0)
+        return Bucket(tokens, now, pace, bucket.paused_until)
 
-    def _update(self, change: Callable[[float, float], float]) -> float:
-        """Apply `change(tokens now, now) -> tokens after` to the bucket, in this process or in the
-        host's state file; returns the tokens after."""
+    def _update(self, change: Callable[[Bucket], None]) -> Bucket:
+        """Apply `change` to the refilled bucket, in this process or in the host's state file."""
         if self._state is None:
             with self._lock:
-                now = self._clock()
-                self._tokens = change(self._refilled(self._tokens, self._stamp, now), now)
-                self._stamp = now
-                return self._tokens
+                bucket = self._bucket = self._refilled(self._bucket, self._clock())
+                change(bucket)
+                return bucket
 
-        def shared(stored: bytes) -> tuple[bytes, float]:
+        def shared(stored: bytes) -> tuple[bytes, Bucket]:
             now = self._clock()
-            try:
-                tokens, stamp = (float(part) for part in stored.split())
-            except ValueError:
-                tokens, stamp = self.capacity, now
+            bucket = Bucket.decode(stored)
             # A stamp from the future (the monotonic clock restarts with the host) or a bucket more
             # than a minute in debt is not this host's current state: start full.
-            if stamp > now or tokens < -60.0 * self.rate:
-                tokens, stamp = self.capacity, now
-            after = change(self._refilled(tokens, stamp, now), now)
-            return f"{after!r} {now!r}".encode(), after
+            if bucket is None or bucket.stamp > now or bucket.tokens < -60.0 * self.rate:
+                bucket = Bucket(self.capacity, now)
+            bucket = self._refilled(bucket, now)
+            change(bucket)
+            return bucket.encode(), bucket
 
         return self._state.update(shared)
+
+    @property
+    def pace(self) -> float:
+        """The share of the full rate the bucket refills at now (1.0 until a 429 slowed it)."""
+        return self._update(lambda bucket: None).pace
 
     def reserve(self) -> float:
         """Take one token now and return the seconds until it is due (0 when one was there); the
         caller waits that long, with whatever sleep suits it (the async client awaits it)."""
-        tokens = self._update(lambda available, now: available - 1.0)
-        return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+        def take(bucket: Bucket) -> None:
+            bucket.tokens -= 1.0
+
+        bucket = self._update(take)
+        return 0.0 if bucket.tokens >= 0.0 else -bucket.tokens / (self.rate * bucket.pace)
 
     def penalize(self, seconds: float) -> None:
-        """Gemini answered 429: empty the bucket so that no client of the key, in any process sharing
-        it, sends again for `seconds`."""
-        self._update(lambda available, now: min(available, -max(0.0, seconds) * self.rate))
+        """Gemini answered 429: no client of the key, in any process sharing the bucket, sends again
+        for `seconds`, and the pace drops by PACE_BACKOFF (once per pause: the other 429s of requests
+        already in flight say nothing new)."""
+
+        def pause(bucket: Bucket) -> None:
+            if bucket.stamp >= bucket.paused_until:
+                bucket.pace = max(MIN_PACE, bucket.pace * PACE_BACKOFF)
+            held = max(0.0, seconds)
+            bucket.tokens = min(bucket.tokens, -held * self.rate * bucket.pace)
+            bucket.paused_until = max(bucket.paused_until, bucket.stamp + held)
+
+        self._update(pause)
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds slept."""
@@ -265,13 +318,21 @@ class ClientCore:
             else parse_positive(rate_limit_per_minute, "rate_limit_per_minute")
         )
         self.oauth = oauth
+        self.server_clock: ServerClock = server_clock(self.base_url)
         self._auth: RequestAuth
         if oauth is not None:
             self._auth = BearerAuth(oauth, self._token_request)
             self._is_master = False
         else:
             assert api_key is not None and api_secret is not None
-            self._auth = KeyAuth(api_key, api_secret.encode(), nonce_source(nonce_mode, api_key))
+            self._auth = KeyAuth(
+                api_key,
+                api_secret.encode(),
+                nonce_source(nonce_mode, api_key),
+                # Shared with every client of this exchange in the process, so a new one starts
+                # with what earlier answers taught about the exchange's clock.
+                offset=self.server_clock.correction,
+            )
             self._is_master = api_key.startswith("master-")
         self._limiter = (
             None
@@ -282,7 +343,6 @@ class ClientCore:
         )
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics
-        self.server_clock = ServerClock()
         self._clock = clock
         self._open_transport(sleep)
 
@@ -341,8 +401,9 @@ class ClientCore:
             self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
         return answer
 
-    def _decoded(self, path: str, answer: Answer) -> Any:
-        """The decoded JSON of a 2xx answer; the GeminiError for anything else."""
+    def _decoded(self, path: str, answer: Answer, credential: object = None) -> Any:
+        """The decoded JSON of a 2xx answer; the GeminiError for anything else. `credential` is what
+        the request's headers carried (its nonce, its token)."""
         status = answer.status
         if not 200 <= status < 300:
             error = error_from_response(status, answer.headers, answer.body)
@@ -350,7 +411,10 @@ class ClientCore:
                 self._count(HTTP_429)
                 if self._limiter is not None:
                     # Every process on the host that uses the key holds back, not only this one.
-                    self._limiter.penalize(error.retry_after or RATE_LIMITED_PAUSE_SECONDS)
+                    pause = error.retry_after or RATE_LIMITED_PAUSE_SECONDS
+                    self._limiter.penalize(pause * (1.0 + random.uniform(0.0, RATE_LIMITED_PAUSE_JITTER)))
+            elif error.kind == "invalid_nonce":
+                self._auth.refused(credential)
             if self.oauth is not None and error.kind == "missing_role":
                 # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
                 needed = REQUIRED_SCOPE.get(path, "a scope")
@@ -511,9 +575,9 @@ class GeminiClient(ClientCore):
         answer = self._exchange(path, self.base_url + path, headers, None, deadline)
         if answer.status == 401 and self._auth.renew(credential):
             # OAuth: Gemini refused the access token (revoked, expired early): refresh once, resend.
-            headers, _ = self._auth.headers(path, fields)
+            headers, credential = self._auth.headers(path, fields)
             answer = self._exchange(path, self.base_url + path, headers, None, deadline)
-        return self._decoded(path, answer)
+        return self._decoded(path, answer, credential)
 
     def _exchange(
         self, label: str, url: str, headers: Mapping[str, str], body: bytes | None, deadline: float
