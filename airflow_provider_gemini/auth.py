@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -97,9 +98,10 @@ class RequestAuth(Protocol):
 
 
 class NonceSource(Protocol):
-    """Where a key's nonces come from. `offset` (seconds) moves the local clock onto the exchange's."""
+    """Where a key's nonces come from. `offset` (seconds) moves the local clock onto the exchange's;
+    None: not known in this process yet."""
 
-    def __call__(self, offset: float = 0.0) -> int: ...
+    def __call__(self, offset: float | None = None) -> int: ...
 
     def refused(self, nonce: int) -> None:
         """Gemini refused `nonce` as not increasing: another host or tool is ahead of this host."""
@@ -108,14 +110,15 @@ class NonceSource(Protocol):
 
 class KeyAuth:
     """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time,
-    on the exchange's clock when `offset` (seconds to add to ours, e.g. ServerClock's) says ours is off."""
+    on the exchange's clock when `offset` (seconds to add to ours, e.g. ServerClock's; None while not
+    known) says ours is off."""
 
     def __init__(
         self,
         api_key: str,
         api_secret: bytes,
         nonce: NonceSource,
-        offset: Callable[[], float] = lambda: 0.0,
+        offset: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._api_key = api_key
         self._secret = api_secret
@@ -170,33 +173,63 @@ _live_sources: weakref.WeakSet[TimeNonce] = weakref.WeakSet()
 # refusal of a nonce issued since the last raise, up to MAX_NONCE_LEAD_MS, halving every
 # NONCE_LEAD_HALF_LIFE_MS without one: enough to pass another host whose clock (or anchoring) is a
 # little ahead, and never far from real time.
-NONCE_LEAD_STEP_MS = 25
+NONCE_LEAD_STEP_MS = 50
 MAX_NONCE_LEAD_MS = 3_000
 NONCE_LEAD_HALF_LIFE_MS = 60_000
 
 
-def _counter_state(stored: bytes) -> tuple[int, float, int]:
-    """(last nonce, lead ms, the nonce at the lead's last raise) from a state file; zeros if unreadable."""
-    parts = stored.split()
-    try:
-        last = int(parts[0]) if parts else 0
-        lead = float(parts[1]) if len(parts) > 1 else 0.0
-        raised = int(parts[2]) if len(parts) > 2 else 0
-    except ValueError:
-        return 0, 0.0, 0
-    if not 0.0 <= lead <= MAX_NONCE_LEAD_MS:
-        lead = 0.0
-    return last, lead, raised
+@dataclass
+class CounterState:
+    """A key's counter on this host: the last nonce, the lead (ms) and the nonce at its last raise,
+    and the last offset (s) onto the exchange's clock a process learnt, for processes yet to learn it."""
+
+    last: int = 0
+    lead: float = 0.0
+    raised: int = 0
+    offset: float = 0.0
+
+    @classmethod
+    def decode(cls, stored: bytes) -> CounterState:
+        """The state in a file (a lone number: an older file's last nonce); a fresh one if unreadable."""
+        parts = stored.split()
+        try:
+            state = cls(
+                last=int(parts[0]) if parts else 0,
+                lead=float(parts[1]) if len(parts) > 1 else 0.0,
+                raised=int(parts[2]) if len(parts) > 2 else 0,
+                offset=float(parts[3]) if len(parts) > 3 else 0.0,
+            )
+        except ValueError:
+            return cls()
+        if not 0.0 <= state.lead <= MAX_NONCE_LEAD_MS:
+            state.lead = 0.0
+        if not abs(state.offset) <= MAX_ANCHOR_OFFSET_SECONDS:
+            state.offset = 0.0
+        return state
+
+    def encode(self) -> bytes:
+        return b"%020d %r %d %r" % (self.last, self.lead, self.raised, self.offset)
+
+    def lead_at(self, now: int) -> float:
+        """The lead after halving every NONCE_LEAD_HALF_LIFE_MS since its raise."""
+        if self.lead <= 0.0:
+            return 0.0
+        return float(self.lead * 0.5 ** (max(0, now - self.raised) / NONCE_LEAD_HALF_LIFE_MS))
+
+
+# An offset onto the exchange's clock beyond this is not a clock a host runs on: a day.
+MAX_ANCHOR_OFFSET_SECONDS = 86_400.0
 
 
 class CounterNonce:
     """Milliseconds, strictly increasing for one key across every process of this user on the host.
 
     next = max(now_ms + lead, last + 1), where `now` is this host's clock plus `offset` (the
-    exchange's clock when ours is known to be off), and `last` and `lead` live in a private state file
-    (state.py) that is kept open and read and written under flock, so a nonce costs a few syscalls.
-    `lead` is 0 until Gemini refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS
-    ahead of both clocks is discarded with a warning.
+    exchange's clock when ours is known to be off; a process that has no offset yet takes the one last
+    stored), and `last`, `lead` and the offset live in a private state file (state.py) that is kept
+    open and read and written under flock, so a nonce costs a few syscalls. `lead` is 0 until Gemini
+    refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS ahead of both clocks is
+    discarded with a warning.
     """
 
     def __init__(
@@ -210,45 +243,42 @@ class CounterNonce:
         self.path = str(self._file.path)
         self._clock = clock
 
-    def __call__(self, offset: float = 0.0) -> int:
+    def __call__(self, offset: float | None = None) -> int:
         return self._file.update(lambda stored: self._next(stored, offset))
 
-    def _lead_now(self, lead: float, raised: int, now: int) -> float:
-        """The lead after halving every NONCE_LEAD_HALF_LIFE_MS since it was raised at `raised`."""
-        if lead <= 0.0:
-            return 0.0
-        age = max(0, now - raised)
-        return float(lead * 0.5 ** (age / NONCE_LEAD_HALF_LIFE_MS))
-
-    def _next(self, stored: bytes, offset: float) -> tuple[bytes, int]:
-        local = time_ms = int(self._clock() * 1000)
-        time_ms += int(offset * 1000)
-        last, lead, raised = _counter_state(stored)
-        if last - max(local, time_ms) > MAX_STORED_LEAD_MS:
+    def _next(self, stored: bytes, offset: float | None) -> tuple[bytes, int]:
+        state = CounterState.decode(stored)
+        if offset is not None and abs(offset) <= MAX_ANCHOR_OFFSET_SECONDS:
+            state.offset = offset
+        local = int(self._clock() * 1000)
+        now = local + int(state.offset * 1000)
+        if state.last - max(local, now) > MAX_STORED_LEAD_MS:
             log.warning(
                 "Nonce state %s holds %d, more than %d ms ahead of the clock (%d ms): not sent by this "
                 "client; starting again from the clock",
                 self.path,
-                last,
+                state.last,
                 MAX_STORED_LEAD_MS,
-                time_ms,
+                now,
             )
-            last, lead, raised = 0, 0.0, 0
-        nonce = max(time_ms + int(self._lead_now(lead, raised, time_ms)), last + 1)
-        return b"%020d %r %d" % (nonce, lead, raised), nonce
+            state = CounterState(offset=state.offset)
+        state.last = max(now + int(state.lead_at(now)), state.last + 1)
+        return state.encode(), state.last
 
     def refused(self, nonce: int) -> None:
         """Gemini has seen a nonce at least as large as `nonce` from elsewhere: raise the lead (once
         per raise; refusals of nonces issued before the last raise say nothing new)."""
 
         def raise_lead(stored: bytes) -> tuple[bytes, None]:
-            last, lead, raised = _counter_state(stored)
-            if nonce > raised:
-                current = self._lead_now(lead, raised, nonce)
-                lead = min(float(MAX_NONCE_LEAD_MS), max(2.0 * current, float(NONCE_LEAD_STEP_MS)))
-                raised = max(last, nonce)
-                log.info("Nonce %d refused: this host's nonces now lead its clock by %.0f ms", nonce, lead)
-            return b"%020d %r %d" % (max(last, nonce), lead, raised), None
+            state = CounterState.decode(stored)
+            if nonce > state.raised:
+                lead = max(2.0 * state.lead_at(nonce), float(NONCE_LEAD_STEP_MS))
+                state.lead = min(float(MAX_NONCE_LEAD_MS), lead)
+                state.raised = state.last = max(state.last, nonce)
+                log.info(
+                    "Nonce %d refused: this host's nonces now lead its clock by %.0f ms", nonce, state.lead
+                )
+            return state.encode(), None
 
         self._file.update(raise_lead)
 
@@ -274,10 +304,10 @@ class TimeNonce:
         self._last = 0
         _live_sources.add(self)
 
-    def __call__(self, offset: float = 0.0) -> int:
+    def __call__(self, offset: float | None = None) -> int:
         with self._lock:
             while True:
-                now = self._clock() + offset
+                now = self._clock() + (offset or 0.0)
                 nonce = max(int(now), self._last + 1)
                 lead = nonce - now
                 if lead <= TIME_NONCE_LEAD_SECONDS:

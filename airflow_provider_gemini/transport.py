@@ -323,13 +323,14 @@ class ServerClock:
         bounds = self._bounds
         return None if bounds is None else (bounds[0] + bounds[1]) / 2.0
 
-    def correction(self) -> float:
+    def correction(self) -> float | None:
         """The least change that puts our clock within what the exchange's Dates allow: 0 while they
         agree with ours (so hosts that agree with each other stay as they are), else the nearest edge
-        of the offset's interval, which narrows towards the true offset answer after answer."""
+        of the offset's interval, which narrows towards the true offset answer after answer; None
+        before any Date."""
         bounds = self._bounds
         if bounds is None:
-            return 0.0
+            return None
         low, high = bounds
         return low if low > 0.0 else high if high < 0.0 else 0.0
 
