@@ -119,10 +119,9 @@ class AsyncGeminiClient(ClientCore):
         return Failure(timed_out=timed_out, error=error)
 
     async def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
-        if self._limiter is not None:
-            wait = self._limiter.reserve()
-            if wait > 0.0:
-                await self._async_sleep(wait)
+        wait = self._reserve_turn(path, deadline)
+        if wait > 0.0:
+            await self._async_sleep(wait)
         url = self.base_url + path
         # A key's nonces must reach Gemini in the order they were signed: the loop's clients of one
         # key (a master key's accounts, say) take turns from signing to answer, instead of

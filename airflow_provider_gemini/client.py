@@ -30,6 +30,7 @@ from airflow_provider_gemini.exceptions import (
     ERROR_CLASSES,
     GeminiError,
     MissingScopeError,
+    RateLimitedError,
     ServiceError,
     error_from_response,
 )
@@ -216,6 +217,14 @@ class RateLimiter:
         bucket = self._update(take)
         return 0.0 if bucket.tokens >= 0.0 else -bucket.tokens / (self.rate * bucket.pace)
 
+    def refund(self) -> None:
+        """Give back a turn taken by `reserve` and not used."""
+
+        def give(bucket: Bucket) -> None:
+            bucket.tokens = min(self.capacity, bucket.tokens + 1.0)
+
+        self._update(give)
+
     def penalize(self, seconds: float) -> None:
         """Gemini answered 429: no client of the key, in any process sharing the bucket, sends again
         for `seconds`, and the pace drops by PACE_BACKOFF (once per pause: the other 429s of requests
@@ -372,6 +381,23 @@ class ClientCore:
         raise NotImplementedError
 
     # -- one attempt, around the transport ----------------------------------------------------------
+
+    def _reserve_turn(self, path: str, deadline: float) -> float:
+        """Take the key's next turn and return the seconds until it; a turn at or past the call's
+        deadline (the host slowed down after 429s) ends the call as rate limited, before sending."""
+        if self._limiter is None:
+            return 0.0
+        wait = self._limiter.reserve()
+        if wait > 0.0 and self._clock() + wait >= deadline:
+            self._limiter.refund()
+            # retry_after = the wait, so the retry policy sees that no retry fits the deadline either.
+            raise RateLimitedError(
+                f"{path}: the key's next turn on this host is {wait:.1f} s away, past the call "
+                f"deadline of {self.call_timeout:g} s (its clients slow down after Gemini's 429s)",
+                reason="RateLimit",
+                retry_after=wait,
+            )
+        return wait
 
     def _seconds(self, label: str, deadline: float) -> float:
         """The seconds the next HTTP exchange may take (its timeout, within the call's deadline);
@@ -541,6 +567,7 @@ class GeminiClient(ClientCore):
     """
 
     def _open_transport(self, sleep: Sleep) -> None:
+        self._sleep = sleep
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self._retrying = tenacity.Retrying(sleep=sleep, **self._retry_policy())
@@ -569,8 +596,9 @@ class GeminiClient(ClientCore):
             return self._session
 
     def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
-        if self._limiter is not None:
-            self._limiter.acquire()
+        wait = self._reserve_turn(path, deadline)
+        if wait > 0.0:
+            self._sleep(wait)
         headers, credential = self._auth.headers(path, fields)
         answer = self._exchange(path, self.base_url + path, headers, None, deadline)
         if answer.status == 401 and self._auth.renew(credential):

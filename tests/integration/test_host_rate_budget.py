@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
 CANCEL = "/v1/order/cancel"
@@ -118,3 +120,25 @@ def test_two_hosts_on_one_key_one_of_them_2_s_fast_cancel_every_order(
     assert cancelled == set(ids)
     refused = sum(1 for e in ex.journal if e.reason == "InvalidNonce")
     print(f"two hosts, one 2 s fast: {ex.count(status=429)} x 429, {refused} x InvalidNonce, {outputs}")
+
+
+def test_a_call_whose_turn_comes_after_its_deadline_ends_rate_limited_without_sending(
+    gemini_exchange: GeminiExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 with Retry-After: 5 holds the host's key back for 5 s: a call with 1 s left says so at
+    once rather than sending into the limit or reporting a missing answer."""
+    from airflow_provider_gemini.client import GeminiClient
+    from airflow_provider_gemini.exceptions import RateLimitedError
+
+    ex = gemini_exchange
+    monkeypatch.setenv("GEMINI_PROVIDER_STATE_DIR", str(tmp_path / "state"))
+    first, second = (str(ex.place_order(ex.api_key)["order_id"]) for _ in range(2))
+    ex.inject_fault("rate_limit", path=CANCEL, count=1, retry_after=5)
+    with GeminiClient(ex.api_key, ex.api_secret, base_url=ex.url, call_timeout=1.0) as client:
+        with pytest.raises(RateLimitedError):
+            client.cancel_order(first)
+        sent = len(ex.journal)
+        with pytest.raises(RateLimitedError, match=r"next turn on this host is [\d.]+ s away, past the call"):
+            client.cancel_order(second)
+    assert len(ex.journal) == sent
+    assert ex.order(second)["is_live"]
