@@ -56,7 +56,8 @@ class RedisServer:
                 return self
             except Exception:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {(self.directory / 'redis.log').read_text()}")
+                    log = (self.directory / "redis.log").read_text()
+                    raise RuntimeError(f"redis-server exited: {log}") from None
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not answer within 10 s")
 

@@ -5,6 +5,7 @@ answers garbage; the hook's field checks. The Redis password never shows in an e
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -108,7 +109,7 @@ def test_concurrent_reserves_from_several_processes_get_distinct_turns(
     due = sorted(t for result in outputs(procs) for t in result)
     assert len(due) == 40
     spacing = 60.0 / (60 * (1 - 0.015))
-    gaps = [b - a for a, b in zip(due[1:], due[2:], strict=False)]  # the first two are the burst's
+    gaps = [b - a for a, b in itertools.pairwise(due[1:])]  # the first two are the burst's
     # Each due time is the process's clock plus the wait Redis gave: a turn of its own, a spacing apart
     # (give or take the time between the process reading its clock and Redis answering).
     shown = str([round(t - due[0], 3) for t in due])
