@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -481,3 +482,97 @@ def test_rediss_url_means_tls_and_keeps_user_and_password() -> None:
     assert (settings.ssl, settings.username, settings.password, settings.db) == (True, "desk", PASSWORD, 3)
     assert settings.target == "rediss://desk:***@redis.internal:6380/3"
     assert PASSWORD not in repr(settings)
+
+
+# --- in Airflow: the password in no log, file or stored value -------------------------------------------
+
+REDIS_DAG = """
+import pendulum
+from airflow.sdk import DAG
+from airflow_provider_gemini.operators.cancel import GeminiCancelOrderOperator
+
+with DAG("redis_budget", schedule=None, start_date=pendulum.datetime(2025, 1, 1, tz="UTC"), catchup=False):
+    GeminiCancelOrderOperator(task_id="cancel", order_id="{{ params.order_ids }}", retries=0)
+"""
+
+
+@pytest.mark.timeout(280)
+def test_dag_runs_with_redis_url_leak_no_password(
+    gemini_exchange: GeminiExchange, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """`airflow dags test` at DEBUG with redis_url carrying a password: one run cancels through Redis,
+    one with Redis down fails before sending; the password is in no output, file or stored row."""
+    from airflow_run import airflow_env, run_dags_test, task_states
+    from test_secrets import stored_values
+
+    ex = gemini_exchange
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "redis_budget.py").write_text(REDIS_DAG)
+    connection = json.loads(ex.airflow_connection())
+    connection["extra"] = {"redis_url": redis_server.url}
+    home = tmp_path / "home"
+    env = airflow_env(
+        home,
+        dags,
+        {"AIRFLOW_CONN_GEMINI_DEFAULT": json.dumps(connection), "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"},
+    )
+    first = [str(ex.place_order(ex.api_key)["order_id"]) for _ in range(3)]
+    ran = run_dags_test(dags, "redis_budget", conf={"order_ids": first}, env=env, timeout=150)
+    assert task_states(home, "redis_budget") == {"cancel": "success"}, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert all(ex.order(oid)["is_cancelled"] for oid in first)
+    # The nonces came from Redis: its counter holds the last one the exchange saw.
+    last_nonce = max(e.nonce for e in ex.journal)
+    assert (
+        int(redis_server.client().get(f"airflow-provider-gemini:{{{_sha(str(ex.api_key))}}}:nonce"))
+        == last_nonce
+    )
+
+    redis_server.stop()
+    sent = len(ex.journal)
+    second = str(ex.place_order(ex.api_key)["order_id"])
+    down = run_dags_test(dags, "redis_budget", conf={"order_ids": [second]}, env=env, timeout=150)
+    assert task_states(home, "redis_budget") == {"cancel": "failed"}
+    assert len(ex.journal) == sent and ex.order(second)["is_live"]
+    failing = down.stdout + down.stderr
+    assert (
+        "CoordinationError" in failing
+        and "redis_url (extra of Gemini connection 'gemini_default')" in failing
+    )
+
+    needles = {"password": PASSWORD, "url": redis_server.url}
+    found: dict[str, list[str]] = {}
+    for name, result in (("up", ran), ("down", down)):
+        text = without_mask_secret_lines(result.stdout + "\n" + result.stderr)
+        found[f"output {name}"] = [label for label, needle in needles.items() if needle in text]
+    files = [path for path in home.rglob("*") if path.is_file()]
+    for path in files:
+        text = path.read_bytes().decode("latin-1")
+        found[str(path.relative_to(home))] = [label for label, needle in needles.items() if needle in text]
+    stored = stored_values(home / "airflow.db")
+    assert stored["xcom"] and stored["rendered_task_instance_fields"], stored
+    for table, rows in stored.items():
+        found[f"table {table}"] = [label for label, needle in needles.items() if needle in "\n".join(rows)]
+    # `airflow dags test` prints the task logs instead of filing them: the output holds them.
+    assert f"Order {first[0]}: cancelled" in ran.stdout + ran.stderr
+    leaked = {where: labels for where, labels in found.items() if labels}
+    assert not leaked, leaked
+
+
+# Airflow's supervisor line under `airflow dags test` at DEBUG that names each value it is asked to
+# mask (test_secrets.MASK_SECRET_LINE), here also for the connection's extra as a dict.
+MASK_SECRET_LINE = re.compile(
+    r"\S+ \[debug\s*\] Sending request\s+loc=supervisor\.py:\d+ "
+    r"msg=MaskSecret\(value=(?:'[^'\\]*'|\{'redis_url': '[^'\\]*'\}), name=(?:None|'[^'\\]*'), "
+    r"type='MaskSecret'\)"
+)
+
+
+def without_mask_secret_lines(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not MASK_SECRET_LINE.fullmatch(line))
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
