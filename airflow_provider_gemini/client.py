@@ -299,10 +299,6 @@ class ClientCore:
     def _coordinated(self, coordinator: RedisCoordinator, burst: int) -> RedisCoordinator | None:
         """The coordinator as this client's limiter (None with pacing off), once it is checked to hold
         this key's bucket with this client's rate and burst."""
-        from airflow_provider_gemini.coordination import RedisCoordinator
-
-        if not isinstance(coordinator, RedisCoordinator):
-            raise ValueError(f"coordinator: expected a RedisCoordinator, got {type(coordinator).__name__}")
         if not coordinator.serves(self._auth.identity):
             raise ValueError("coordinator: made for another key than this client's")
         if self.rate_limit_per_minute is None:
@@ -499,6 +495,9 @@ class GeminiClient(ClientCore):
     latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
     `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
     every answer.
+
+    `coordinator` (coordination.RedisCoordinator, made for the same key, rate and burst) moves the
+    key's token bucket and counter nonces to Redis, shared with every host.
 
     Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
     tokens, no nonce, the token refreshed before it expires and once more after a 401).
