@@ -327,8 +327,8 @@ class RedisCoordinator:
             wait = float(answer.decode() if isinstance(answer, bytes) else answer)
         except (TypeError, ValueError, UnicodeDecodeError):
             wait = math.nan
-        # Never more than a minute of debt (the script resets beyond it) plus the longest penalty.
-        if not (math.isfinite(wait) and 0.0 <= wait <= 180.0):
+        # Never more than a minute of debt (the script resets beyond it), or the penalty just set.
+        if not (math.isfinite(wait) and 0.0 <= wait <= max(61.0, penalty + 1.0)):
             raise self._fail(
                 f"Redis answered {answer!r:.60} to the rate budget script, not a wait in seconds"
             )

@@ -160,6 +160,8 @@ def test_a_penalty_holds_back_every_client_of_the_key(redis_server: RedisServer)
     first.penalize(2.0)
     wait = other.reserve()
     assert 1.9 < wait < 2.2, wait
+    # A Retry-After beyond the bucket's minute of debt: held, not refused as a garbage answer.
+    first.penalize(600.0)
     # Another key's bucket is its own.
     assert RedisCoordinator(redis_server.url, "account-elsewhere").reserve() == 0.0
 
