@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import tenacity
@@ -46,6 +46,9 @@ from airflow_provider_gemini.retrying import (
 )
 from airflow_provider_gemini.state import StateFile
 from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send, server_clock
+
+if TYPE_CHECKING:
+    from airflow_provider_gemini.coordination import RedisCoordinator
 
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
@@ -299,6 +302,7 @@ class ClientCore:
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
+        coordinator: RedisCoordinator | None = None,
     ) -> None:
         if oauth is not None:
             if api_key is not None or api_secret is not None:
@@ -343,17 +347,37 @@ class ClientCore:
                 offset=self.server_clock.correction,
             )
             self._is_master = api_key.startswith("master-")
-        self._limiter = (
+        self._limiter: RateLimiter | RedisCoordinator | None = (
             None
             if self.rate_limit_per_minute is None
             else _shared_limiter(
                 self._auth.identity, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock
             )
         )
+        if coordinator is not None:
+            # Across hosts (coordination.py): the key's bucket, and a counter key's nonces, on Redis.
+            self._limiter = self._coordinated(coordinator, burst)
+            if isinstance(self._auth, KeyAuth) and nonce_mode == "counter":
+                assert api_key is not None and api_secret is not None
+                self._auth = KeyAuth(api_key, api_secret.encode(), coordinator.next_nonce)
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self._clock = clock
         self._open_transport(sleep)
+
+    def _coordinated(self, coordinator: RedisCoordinator, burst: int) -> RedisCoordinator | None:
+        """The coordinator as this client's limiter (None with pacing off), once it is checked to hold
+        this key's bucket with this client's rate and burst."""
+        if not coordinator.serves(self._auth.identity):
+            raise ValueError("coordinator: made for another key than this client's")
+        if self.rate_limit_per_minute is None:
+            return None
+        if (coordinator.per_minute, coordinator.burst) != (self.rate_limit_per_minute, burst):
+            raise ValueError(
+                f"coordinator: paces {coordinator.per_minute:g}/min with a burst of {coordinator.burst}, "
+                f"the client {self.rate_limit_per_minute:g}/min with {burst}; make them alike"
+            )
+        return coordinator
 
     def _open_transport(self, sleep: Sleep) -> None:
         """Set up what the subclass sends with (nothing is connected until the first request)."""
@@ -561,6 +585,9 @@ class GeminiClient(ClientCore):
     latency, each retry and each 429 (names in `metrics.py`; nothing is sent without it).
     `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
     every answer.
+
+    `coordinator` (coordination.RedisCoordinator, made for the same key, rate and burst) moves the
+    key's token bucket and counter nonces to Redis, shared with every host.
 
     Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
     tokens, no nonce, the token refreshed before it expires and once more after a 401).
