@@ -359,7 +359,9 @@ class ClientCore:
             self._limiter = self._coordinated(coordinator, burst)
             if isinstance(self._auth, KeyAuth) and nonce_mode == "counter":
                 assert api_key is not None and api_secret is not None
-                self._auth = KeyAuth(api_key, api_secret.encode(), coordinator.next_nonce)
+                from airflow_provider_gemini.coordination import RedisNonce  # it imports this module
+
+                self._auth = KeyAuth(api_key, api_secret.encode(), RedisNonce(coordinator))
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self._clock = clock

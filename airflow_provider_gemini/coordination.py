@@ -92,6 +92,8 @@ if op == 'reserve' then
   tokens = tokens - 1
 elseif op == 'penalize' then
   tokens = math.min(tokens, -tonumber(ARGV[5]) * rate)
+elseif op == 'refund' then
+  tokens = math.min(capacity, tokens + 1)
 else
   return redis.error_reply('unknown op ' .. op)
 end
@@ -351,6 +353,10 @@ class RedisCoordinator:
         """Gemini answered 429: no process on any host sends with this key for `seconds`."""
         self._update("penalize", max(0.0, float(seconds)))
 
+    def refund(self) -> None:
+        """Give back a turn taken by `reserve` and not used."""
+        self._update("refund")
+
     # -- the nonce ---------------------------------------------------------------------------------
 
     def next_nonce(self) -> int:
@@ -376,6 +382,25 @@ class RedisCoordinator:
         with self._lock:
             self._last_nonce = max(self._last_nonce, nonce)
         return nonce
+
+
+class RedisNonce:
+    """A coordinator's nonces as auth.NonceSource: on Redis's clock, so the local offset is not used.
+    A refusal means a sender outside Redis (a host or tool without this setting) is ahead; Redis's
+    sequence cannot see it, which is why every worker of the key must use the setting."""
+
+    def __init__(self, coordinator: RedisCoordinator) -> None:
+        self.coordinator = coordinator
+
+    def __call__(self, offset: float | None = None) -> int:
+        return self.coordinator.next_nonce()
+
+    def refused(self, nonce: int) -> None:
+        log.warning(
+            "Nonce %d from the shared sequence on %s was refused: a sender outside it is ahead",
+            nonce,
+            self.coordinator.settings.target,
+        )
 
 
 _coordinators: dict[tuple[RedisSettings, str, float, int], RedisCoordinator] = {}
