@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from airflow_provider_gemini.state import StateFile, state_dir
+from airflow_provider_gemini.transport import Bounds, correction, intersect
 
 NonceMode = Literal["counter", "time"]
 NONCE_MODES: tuple[str, ...] = ("counter", "time")
@@ -98,10 +100,11 @@ class RequestAuth(Protocol):
 
 
 class NonceSource(Protocol):
-    """Where a key's nonces come from. `offset` (seconds) moves the local clock onto the exchange's;
-    None: not known in this process yet."""
+    """Where a key's nonces come from. `bounds` (transport.Bounds: what this process's answers allow
+    the exchange clock's offset from ours to be; None before any) moves the local clock onto the
+    exchange's."""
 
-    def __call__(self, offset: float | None = None) -> int: ...
+    def __call__(self, bounds: Bounds | None = None) -> int: ...
 
     def refused(self, nonce: int) -> None:
         """Gemini refused `nonce` as not increasing: another host or tool is ahead of this host."""
@@ -110,27 +113,26 @@ class NonceSource(Protocol):
 
 class KeyAuth:
     """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time,
-    on the exchange's clock when `offset` (seconds to add to ours, e.g. ServerClock's; None while not
-    known) says ours is off."""
+    on the exchange's clock when `bounds` (a ServerClock's) say ours is off."""
 
     def __init__(
         self,
         api_key: str,
         api_secret: bytes,
         nonce: NonceSource,
-        offset: Callable[[], float | None] = lambda: None,
+        bounds: Callable[[], Bounds | None] = lambda: None,
     ) -> None:
         self._api_key = api_key
         self._secret = api_secret
         self._nonce = nonce
-        self._offset = offset
+        self._bounds = bounds
 
     @property
     def identity(self) -> str:
         return self._api_key
 
     def headers(self, path: str, fields: Mapping[str, Any]) -> tuple[dict[str, str], object]:
-        nonce = self._nonce(self._offset())
+        nonce = self._nonce(self._bounds())
         return build_private_headers(self._api_key, self._secret, path, nonce, fields), nonce
 
     def renew(self, used: object) -> bool:
@@ -169,24 +171,27 @@ GEMINI_NONCE_WINDOW_SECONDS = 30
 _live_sources: weakref.WeakSet[TimeNonce] = weakref.WeakSet()
 
 
-# After an InvalidNonce the host's counter runs this much ahead of its clock, doubling with each
-# refusal of a nonce issued since the last raise, up to MAX_NONCE_LEAD_MS, halving every
-# NONCE_LEAD_HALF_LIFE_MS without one: enough to pass another host whose clock (or anchoring) is a
-# little ahead, and never far from real time.
-NONCE_LEAD_STEP_MS = 50
-MAX_NONCE_LEAD_MS = 3_000
+# After an InvalidNonce (another host or tool sent a larger nonce) the host's counter leads its clock
+# by NONCE_LEAD_STEP_MS more, up to MAX_NONCE_LEAD_MS, halving every NONCE_LEAD_HALF_LIFE_MS: for
+# another host whose clock (or estimate of the exchange's) stays a little ahead. Small steps and a low
+# cap: a counter that jumped far would only make the other hosts' nonces the refused ones, and two
+# hosts would outbid each other away from real time. A burst another host signed seconds ahead (before
+# it learnt the exchange's clock) is waited out instead: retries of InvalidNonce back off (retrying.py).
+NONCE_LEAD_STEP_MS = 10
+MAX_NONCE_LEAD_MS = 250
 NONCE_LEAD_HALF_LIFE_MS = 60_000
 
 
 @dataclass
 class CounterState:
     """A key's counter on this host: the last nonce, the lead (ms) and the nonce at its last raise,
-    and the last offset (s) onto the exchange's clock a process learnt, for processes yet to learn it."""
+    and the bounds of the exchange clock's offset (s) that the host's processes learnt together, so
+    they all sign on one estimate, the narrowest, and a process with no answer yet starts on it."""
 
     last: int = 0
     lead: float = 0.0
     raised: int = 0
-    offset: float = 0.0
+    bounds: Bounds | None = None
 
     @classmethod
     def decode(cls, stored: bytes) -> CounterState:
@@ -197,18 +202,18 @@ class CounterState:
                 last=int(parts[0]) if parts else 0,
                 lead=float(parts[1]) if len(parts) > 1 else 0.0,
                 raised=int(parts[2]) if len(parts) > 2 else 0,
-                offset=float(parts[3]) if len(parts) > 3 else 0.0,
+                bounds=(float(parts[3]), float(parts[4])) if len(parts) > 4 else None,
             )
         except ValueError:
             return cls()
         if not 0.0 <= state.lead <= MAX_NONCE_LEAD_MS:
             state.lead = 0.0
-        if not abs(state.offset) <= MAX_ANCHOR_OFFSET_SECONDS:
-            state.offset = 0.0
+        state.bounds = _plausible(state.bounds)
         return state
 
     def encode(self) -> bytes:
-        return b"%020d %r %d %r" % (self.last, self.lead, self.raised, self.offset)
+        low, high = self.bounds if self.bounds is not None else (math.nan, math.nan)
+        return b"%020d %.3f %d %.6f %.6f" % (self.last, self.lead, self.raised, low, high)
 
     def lead_at(self, now: int) -> float:
         """The lead after halving every NONCE_LEAD_HALF_LIFE_MS since its raise."""
@@ -216,17 +221,36 @@ class CounterState:
             return 0.0
         return float(self.lead * 0.5 ** (max(0, now - self.raised) / NONCE_LEAD_HALF_LIFE_MS))
 
+    def react(self, refused: int) -> bool:
+        """Gemini refused `refused`: lead a little more. False (no change) for a nonce issued before
+        the last raise: it says nothing new."""
+        if refused <= self.raised:
+            return False
+        self.lead = min(float(MAX_NONCE_LEAD_MS), self.lead_at(refused) + NONCE_LEAD_STEP_MS)
+        self.last = self.raised = max(self.last, refused)
+        return True
+
 
 # An offset onto the exchange's clock beyond this is not a clock a host runs on: a day.
 MAX_ANCHOR_OFFSET_SECONDS = 86_400.0
 
 
+def _plausible(bounds: Bounds | None) -> Bounds | None:
+    """`bounds` if they are an interval within MAX_ANCHOR_OFFSET_SECONDS of our clock, else None."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    if not -MAX_ANCHOR_OFFSET_SECONDS <= low <= high <= MAX_ANCHOR_OFFSET_SECONDS:
+        return None
+    return bounds
+
+
 class CounterNonce:
     """Milliseconds, strictly increasing for one key across every process of this user on the host.
 
-    next = max(now_ms + lead, last + 1), where `now` is this host's clock plus `offset` (the
-    exchange's clock when ours is known to be off; a process that has no offset yet takes the one last
-    stored), and `last`, `lead` and the offset live in a private state file (state.py) that is kept
+    next = max(now_ms + lead, last + 1), where `now` is this host's clock moved onto the exchange's
+    when the Dates its processes saw (their bounds, intersected host-wide) say ours is off, and `last`,
+    `lead` and the bounds live in a private state file (state.py) that is kept
     open and read and written under flock, so a nonce costs a few syscalls. `lead` is 0 until Gemini
     refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS ahead of both clocks is
     discarded with a warning.
@@ -243,15 +267,16 @@ class CounterNonce:
         self.path = str(self._file.path)
         self._clock = clock
 
-    def __call__(self, offset: float | None = None) -> int:
-        return self._file.update(lambda stored: self._next(stored, offset))
+    def __call__(self, bounds: Bounds | None = None) -> int:
+        return self._file.update(lambda stored: self._next(stored, bounds))
 
-    def _next(self, stored: bytes, offset: float | None) -> tuple[bytes, int]:
+    def _next(self, stored: bytes, bounds: Bounds | None) -> tuple[bytes, int]:
         state = CounterState.decode(stored)
-        if offset is not None and abs(offset) <= MAX_ANCHOR_OFFSET_SECONDS:
-            state.offset = offset
+        seen = _plausible(bounds)
+        if seen is not None:
+            state.bounds = intersect(state.bounds, seen)
         local = int(self._clock() * 1000)
-        now = local + int(state.offset * 1000)
+        now = local + int((correction(state.bounds) or 0.0) * 1000)
         if state.last - max(local, now) > MAX_STORED_LEAD_MS:
             log.warning(
                 "Nonce state %s holds %d, more than %d ms ahead of the clock (%d ms): not sent by this "
@@ -261,26 +286,25 @@ class CounterNonce:
                 MAX_STORED_LEAD_MS,
                 now,
             )
-            state = CounterState(offset=state.offset)
+            state = CounterState(bounds=state.bounds)
         state.last = max(now + int(state.lead_at(now)), state.last + 1)
         return state.encode(), state.last
 
     def refused(self, nonce: int) -> None:
-        """Gemini has seen a nonce at least as large as `nonce` from elsewhere: raise the lead (once
-        per raise; refusals of nonces issued before the last raise say nothing new)."""
+        """Gemini has seen a nonce at least as large as `nonce` from elsewhere: lead the clock a little
+        more (see CounterState.react)."""
 
-        def raise_lead(stored: bytes) -> tuple[bytes, None]:
+        def react(stored: bytes) -> tuple[bytes, None]:
             state = CounterState.decode(stored)
-            if nonce > state.raised:
-                lead = max(2.0 * state.lead_at(nonce), float(NONCE_LEAD_STEP_MS))
-                state.lead = min(float(MAX_NONCE_LEAD_MS), lead)
-                state.raised = state.last = max(state.last, nonce)
+            if state.react(nonce):
                 log.info(
-                    "Nonce %d refused: this host's nonces now lead its clock by %.0f ms", nonce, state.lead
+                    "Nonce %d refused (another sender is ahead): leading the clock by %.0f ms",
+                    nonce,
+                    state.lead,
                 )
             return state.encode(), None
 
-        self._file.update(raise_lead)
+        self._file.update(react)
 
     def close(self) -> None:
         self._file.close()
@@ -304,10 +328,11 @@ class TimeNonce:
         self._last = 0
         _live_sources.add(self)
 
-    def __call__(self, offset: float | None = None) -> int:
+    def __call__(self, bounds: Bounds | None = None) -> int:
+        offset = correction(_plausible(bounds)) or 0.0
         with self._lock:
             while True:
-                now = self._clock() + (offset or 0.0)
+                now = self._clock() + offset
                 nonce = max(int(now), self._last + 1)
                 lead = nonce - now
                 if lead <= TIME_NONCE_LEAD_SECONDS:

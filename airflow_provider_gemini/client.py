@@ -344,7 +344,7 @@ class ClientCore:
                 nonce_source(nonce_mode, api_key),
                 # Shared with every client of this exchange in the process, so a new one starts
                 # with what earlier answers taught about the exchange's clock.
-                offset=self.server_clock.correction,
+                bounds=lambda: self.server_clock.bounds,
             )
             self._is_master = api_key.startswith("master-")
         self._limiter: RateLimiter | RedisCoordinator | None = (

@@ -392,7 +392,7 @@ class RedisNonce:
     def __init__(self, coordinator: RedisCoordinator) -> None:
         self.coordinator = coordinator
 
-    def __call__(self, offset: float | None = None) -> int:
+    def __call__(self, bounds: object = None) -> int:
         return self.coordinator.next_nonce()
 
     def refused(self, nonce: int) -> None:

@@ -23,6 +23,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 8.0
 MAX_RETRY_AFTER_SECONDS = 60.0
 NONCE_RETRY_SECONDS = (0.01, 0.1)
+NONCE_BACKOFF_CAP_SECONDS = 2.0
 NONCE_EXTRA_ATTEMPTS = 5
 
 Clock = Callable[[], float]
@@ -78,8 +79,8 @@ class stop_at_call_deadline(tenacity.stop.stop_base):
 
 
 class wait_for_gemini(tenacity.wait.wait_base):
-    """How long to wait before the next attempt: a short random pause after a nonce collision (to the
-    next second for time nonces), Retry-After plus jitter when Gemini gave one, else jittered
+    """How long to wait before the next attempt: a random pause after a nonce collision, longer each
+    time (to the next second for time nonces), Retry-After plus jitter when Gemini gave one, else jittered
     exponential backoff (BACKOFF_BASE_SECONDS doubling up to BACKOFF_CAP_SECONDS)."""
 
     def __init__(self, nonce_mode: str, wall_clock: Clock = time.time) -> None:
@@ -92,7 +93,11 @@ class wait_for_gemini(tenacity.wait.wait_base):
             if exc.kind == "invalid_nonce":
                 if self.nonce_mode == "time":
                     return 1.0 - self.wall_clock() % 1.0 + random.uniform(*NONCE_RETRY_SECONDS)
-                return random.uniform(*NONCE_RETRY_SECONDS)
+                # A collision clears at once; a burst another host signed seconds ahead clears only
+                # as the clock passes it: wait longer each time, up to NONCE_BACKOFF_CAP_SECONDS.
+                low, high = NONCE_RETRY_SECONDS
+                high = min(NONCE_BACKOFF_CAP_SECONDS, high * 2 ** (state.attempt_number - 1))
+                return random.uniform(low, high)
             if exc.retry_after is not None:
                 return exc.retry_after + random.uniform(0.0, min(0.25, exc.retry_after * 0.1))
         ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (state.attempt_number - 1))

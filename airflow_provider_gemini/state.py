@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TypeVar
 
 STATE_DIR_ENV = "GEMINI_PROVIDER_STATE_DIR"
+STATE_LIMIT_BYTES = 256
+"""The most of a state file an update reads: a few numbers on one line."""
 
 T = TypeVar("T")
 
@@ -149,7 +151,7 @@ def open_state_file(name: str, directory: str | os.PathLike[str] | None = None) 
     return fd
 
 
-def locked_update(fd: int, update: Callable[[bytes], tuple[bytes, T]], limit: int = 64) -> T:
+def locked_update(fd: int, update: Callable[[bytes], tuple[bytes, T]], limit: int = STATE_LIMIT_BYTES) -> T:
     """Read the file's first `limit` bytes under an exclusive flock, write back the bytes `update`
     returns, and return its result: one read/modify/write that no other process can interleave."""
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -185,7 +187,7 @@ class StateFile:
         self._fd = -1
         _open_files.add(self)
 
-    def update(self, update: Callable[[bytes], tuple[bytes, T]], limit: int = 64) -> T:
+    def update(self, update: Callable[[bytes], tuple[bytes, T]], limit: int = STATE_LIMIT_BYTES) -> T:
         """locked_update() on this file, opening (and checking) it first if needed."""
         with self._lock:
             if self._fd < 0:

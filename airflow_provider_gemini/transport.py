@@ -29,9 +29,12 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 __all__ = [
     "Answer",
     "AttemptDeadline",
+    "Bounds",
     "DeadlineAdapter",
     "Failure",
     "ServerClock",
+    "correction",
+    "intersect",
     "open_session",
     "send",
     "server_clock",
@@ -283,6 +286,26 @@ def send(
     return Failure(timed_out=timed_out, error="" if problem is None else type(problem).__name__)
 
 
+Bounds = tuple[float, float]
+"""What the exchange's Dates allow its clock's offset from ours to be: (lowest, highest) seconds."""
+
+
+def intersect(known: Bounds | None, new: Bounds) -> Bounds:
+    """Both intervals' common part; `new` alone when they do not meet (a clock was stepped)."""
+    if known is not None and max(known[0], new[0]) <= min(known[1], new[1]):
+        return max(known[0], new[0]), min(known[1], new[1])
+    return new
+
+
+def correction(bounds: Bounds | None) -> float | None:
+    """What to add to our clock to be on the exchange's: 0 while its Dates agree with ours (so hosts
+    that agree with each other stay as they are), else the middle of the bounds; None without any."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    return 0.0 if low <= 0.0 <= high else (low + high) / 2.0
+
+
 class ServerClock:
     """The exchange's clock, learnt from the Date header of its answers, as an offset from ours.
 
@@ -309,13 +332,8 @@ class ServerClock:
             except (TypeError, ValueError, OverflowError):
                 return
             self._last_date = (date, stamp)
-        low, high = stamp - received_at, stamp + 1.0 - sent_at
         with self._lock:
-            if self._bounds is not None:
-                low_seen, high_seen = self._bounds
-                if max(low, low_seen) <= min(high, high_seen):
-                    low, high = max(low, low_seen), min(high, high_seen)
-            self._bounds = (low, high)
+            self._bounds = intersect(self._bounds, (stamp - received_at, stamp + 1.0 - sent_at))
 
     @property
     def offset(self) -> float | None:
@@ -323,16 +341,14 @@ class ServerClock:
         bounds = self._bounds
         return None if bounds is None else (bounds[0] + bounds[1]) / 2.0
 
+    @property
+    def bounds(self) -> Bounds | None:
+        """The interval the offset lies in, narrowed by every answer so far; None before any Date."""
+        return self._bounds
+
     def correction(self) -> float | None:
-        """The least change that puts our clock within what the exchange's Dates allow: 0 while they
-        agree with ours (so hosts that agree with each other stay as they are), else the nearest edge
-        of the offset's interval, which narrows towards the true offset answer after answer; None
-        before any Date."""
-        bounds = self._bounds
-        if bounds is None:
-            return None
-        low, high = bounds
-        return low if low > 0.0 else high if high < 0.0 else 0.0
+        """What to add to our clock to be on the exchange's (see `correction`); None before any Date."""
+        return correction(self._bounds)
 
 
 _clocks: dict[str, ServerClock] = {}

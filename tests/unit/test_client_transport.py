@@ -92,13 +92,15 @@ def serve() -> Iterator[Callable[[list[Answer]], ScriptedServer]]:
         server.server_close()
 
 
-def client_for(server: ScriptedServer, max_attempts: int) -> GeminiClient:
+def client_for(server: ScriptedServer, max_attempts: int, slept: list[float] | None = None) -> GeminiClient:
+    """A client whose retry waits are not slept (InvalidNonce backs off to 2 s), but kept in `slept`."""
     return GeminiClient(
         "account-transport-test",
         SECRET,
         base_url=server.url,
         rate_limit_per_minute=None,
         max_attempts=max_attempts,
+        sleep=(slept if slept is not None else []).append,
     )
 
 
@@ -106,10 +108,15 @@ def test_a_run_of_nonce_collisions_longer_than_max_attempts_still_gets_through(
     serve: Callable[[list[Answer]], ScriptedServer],
 ) -> None:
     server = serve([INVALID_NONCE] * 7 + [OK])
-    with client_for(server, max_attempts=3) as client:
+    slept: list[float] = []
+    with client_for(server, max_attempts=3, slept=slept) as client:
         order = client.cancel_order(9007199254740993)
     assert order.is_cancelled and server.requests == 8
     assert client.stats.retries_by_kind == {"invalid_nonce": 7}
+    # Each wait is random within a ceiling that doubles from 0.1 s to 2 s: a burst of nonces another
+    # host signed seconds ahead is waited out within the extra attempts.
+    assert len(slept) == 7
+    assert all(0.01 <= wait <= min(2.0, 0.1 * 2**n) for n, wait in enumerate(slept))
 
 
 def test_nonce_collisions_stop_after_the_extra_attempts(

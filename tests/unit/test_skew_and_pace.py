@@ -43,31 +43,38 @@ def date(epoch: float) -> str:
     return email.utils.formatdate(epoch, usegmt=True)
 
 
-def test_the_correction_is_zero_while_the_exchange_agrees_and_the_nearest_edge_when_it_does_not() -> None:
+def test_the_correction_is_zero_while_the_exchange_agrees_and_the_offset_when_it_does_not() -> None:
     clock = ServerClock()
     assert clock.correction() is None
     clock.observe(date(NOW), NOW + 0.2, NOW + 0.25)  # a Date of this very second: no evidence
     assert clock.correction() == 0.0
 
-    ahead = ServerClock()  # our clock is 2 s behind the exchange's
-    ahead.observe(date(NOW + 2.0), NOW + 0.4, NOW + 0.45)
-    first = ahead.correction()
-    assert first is not None and 1.0 < first <= 2.0
+    behind = ServerClock()  # our clock is 2 s behind the exchange's
+    behind.observe(date(NOW + 2.0), NOW + 0.4, NOW + 0.45)
+    first = behind.correction()
+    assert first is not None and 1.5 < first < 2.6
     for phase in (0.1, 0.7, 0.95, 0.03, 0.99):  # answers at other moments of the second narrow it
-        ahead.observe(date(NOW + 10 + phase + 2.0), NOW + 10 + phase - 0.01, NOW + 10 + phase)
-    later = ahead.correction()
-    assert later is not None and first <= later and abs(later - 2.0) < 0.05
+        behind.observe(date(NOW + 10 + phase + 2.0), NOW + 10 + phase - 0.01, NOW + 10 + phase)
+    later = behind.correction()
+    assert later is not None and abs(later - 2.0) < 0.05
 
 
-def test_counter_nonces_follow_the_offset_and_a_new_process_starts_from_the_stored_one(
-    tmp_path: Path,
-) -> None:
+def test_counter_nonces_follow_the_bounds_and_a_new_process_starts_from_the_host_s(tmp_path: Path) -> None:
     key, clock = new_key(), FakeClock()
     first = CounterNonce(key, clock=clock, directory=tmp_path)
-    assert first(-2.0) == int((NOW - 2.0) * 1000)
+    assert first((-2.1, -1.9)) == int((NOW - 2.0) * 1000)
     clock.now += 5.0
-    # Another process of the host that has no answer yet: the offset the first one learnt.
-    assert CounterNonce(key, clock=clock, directory=tmp_path)(None) == int((NOW + 3.0) * 1000)
+    # Another process of the host that has no answer yet signs on what the first one learnt ...
+    second = CounterNonce(key, clock=clock, directory=tmp_path)
+    assert second(None) == int((NOW + 3.0) * 1000)
+    # ... and what each learns narrows the host's estimate for both.
+    assert second((-2.0, -1.8)) == int((NOW + 3.05) * 1000)
+    assert first(None) == int((NOW + 3.05) * 1000) + 1
+
+
+def test_bounds_that_agree_with_this_clock_change_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    assert CounterNonce(new_key(), clock=clock, directory=tmp_path)((-0.4, 0.6)) == int(NOW * 1000)
 
 
 def test_an_offset_back_continues_from_the_last_nonce_rather_than_going_below_it(tmp_path: Path) -> None:
@@ -75,37 +82,38 @@ def test_an_offset_back_continues_from_the_last_nonce_rather_than_going_below_it
     source = CounterNonce(key, clock=clock, directory=tmp_path)
     sent = source(None)
     # The exchange says this host is 2 s fast: its nonces stay above what was sent until time catches up.
-    later = [source(-2.0) for _ in range(3)]
+    later = [source((-2.1, -1.9)) for _ in range(3)]
     assert later == [sent + 1, sent + 2, sent + 3]
 
 
-def test_a_refused_nonce_raises_the_lead_once_per_raise_doubling_to_the_cap(tmp_path: Path) -> None:
+def test_a_refused_nonce_raises_the_lead_a_step_once_per_raise_up_to_the_cap(tmp_path: Path) -> None:
     key, clock = new_key(), FakeClock()
     source = CounterNonce(key, clock=clock, directory=tmp_path)
-    stale = source(0.0)
-    issued = source(0.0)
-    source.refused(issued)
-    after = source(0.0)
-    assert after >= int(NOW * 1000) + NONCE_LEAD_STEP_MS
+    stale = source()
+    source.refused(source())
+    clock.now += 1.0
+    assert source() - int(clock.now * 1000) == pytest.approx(NONCE_LEAD_STEP_MS, abs=1)  # a ms of decay
     source.refused(stale)  # sent before the raise: nothing new
-    assert source(0.0) - int(NOW * 1000) < 2 * NONCE_LEAD_STEP_MS
+    clock.now += 1.0
+    assert source() - int(clock.now * 1000) == pytest.approx(NONCE_LEAD_STEP_MS, abs=1)
     leads = []
-    for _ in range(12):
-        source.refused(source(0.0))
-        leads.append(source(0.0) - int(clock.now * 1000))
-    assert leads[0] >= 2 * NONCE_LEAD_STEP_MS - 2  # the lead halves a little in the ms between
-    assert max(leads) <= MAX_NONCE_LEAD_MS + 30  # a few ms of last + 1 on top
-    assert leads[-1] >= MAX_NONCE_LEAD_MS
+    for _ in range(40):
+        source.refused(source())
+        clock.now += 0.5
+        leads.append(source() - int(clock.now * 1000))
+    assert leads[0] == pytest.approx(2 * NONCE_LEAD_STEP_MS, abs=1)
+    assert max(leads) <= MAX_NONCE_LEAD_MS
+    assert leads[-1] >= MAX_NONCE_LEAD_MS - 2
 
 
 def test_the_lead_halves_each_half_life_without_a_refusal(tmp_path: Path) -> None:
     key, clock = new_key(), FakeClock()
     source = CounterNonce(key, clock=clock, directory=tmp_path)
-    for _ in range(12):
-        source.refused(source(0.0))
-    clock.now += NONCE_LEAD_HALF_LIFE_MS / 1000.0 + MAX_NONCE_LEAD_MS / 1000.0
-    lead = source(0.0) - int(clock.now * 1000)
-    assert MAX_NONCE_LEAD_MS * 0.4 < lead < MAX_NONCE_LEAD_MS * 0.6
+    for _ in range(40):
+        source.refused(source())
+    clock.now += NONCE_LEAD_HALF_LIFE_MS / 1000.0
+    lead = source() - int(clock.now * 1000)
+    assert MAX_NONCE_LEAD_MS * 0.45 < lead < MAX_NONCE_LEAD_MS * 0.55
 
 
 def test_an_older_single_number_state_file_is_continued(tmp_path: Path) -> None:
