@@ -158,3 +158,20 @@ def test_the_paced_rate_is_what_the_pace_says(tmp_path: Path) -> None:
     waits = [limiter.reserve() for _ in range(5)]
     gaps = [b - a for a, b in itertools.pairwise(waits)]
     assert all(gap == pytest.approx(1.0 / (limiter.rate * PACE_BACKOFF), rel=0.01) for gap in gaps)
+
+
+def test_another_process_sees_the_pause_and_the_slower_pace(tmp_path: Path) -> None:
+    """Two limiters on one state file stand for two processes of a host; the clock reads like a
+    monotonic clock hours after boot, so the stored numbers are as long as they get."""
+    clock = FakeClock(98765.43210987654)
+    one, two = (
+        RateLimiter(600, 5, sleep=lambda s: None, clock=clock, state=StateFile("rate-two", tmp_path))
+        for _ in range(2)
+    )
+    one.reserve()
+    clock.now += 0.0123456789
+    one.penalize(1.7)
+    clock.now += 0.3333333
+    one.reserve()  # the pace is climbing back: a number with all its digits
+    assert two.pace == pytest.approx(PACE_BACKOFF + 0.3333333 * PACE_RECOVERY_PER_SECOND, abs=0.0001)
+    assert two.reserve() >= 1.7 - 0.3333333
