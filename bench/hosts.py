@@ -65,7 +65,9 @@ from airflow_provider_gemini.exceptions import GeminiError
 spec = json.loads(sys.argv[1])
 options = {}
 if spec.get("redis_url"):
-    options["redis_url"] = spec["redis_url"]
+    from airflow_provider_gemini.coordination import RedisSettings, shared_coordinator
+    settings = RedisSettings.from_url(spec["redis_url"])
+    options["coordinator"] = shared_coordinator(settings, spec["key"])
 failed = []
 with GeminiClient(spec["key"], spec["secret"], base_url=spec["url"], **options) as client:
     while not Path(spec["go"]).exists():
