@@ -4,8 +4,8 @@ Tasks x hosts (1x1, 4x1, 8x2, and 8x2 with the second host's clock 2 s ahead) ca
 on one key of a fresh local exchange (its own process; Gemini's 600/min with a burst of 5, strict
 counter nonces). A task is a process with its own GeminiClient cancelling its share of the orders
 one by one; a host is a private state directory (the provider's host-wide nonce and rate files) and
-a temp dir, shared by the tasks on it. A clock ahead is a `sitecustomize` that adds the offset to
-`time.time` in that host's processes. Designs, each in the same run:
+a temp dir, shared by the tasks on it. A clock ahead is tests/fake_clock's `sitecustomize`, which adds
+the offset to `time.time` in that host's processes. Designs, each in the same run:
 
 - shipped: the package in this checkout, no configuration.
 - redis: the same with the connection's Redis option (a redis-server started here on 127.0.0.1), when
@@ -48,14 +48,7 @@ BURST = 5
 ORDERS = 1000
 LAYOUTS: tuple[tuple[int, int, float], ...] = ((1, 1, 0.0), (4, 1, 0.0), (8, 2, 0.0), (8, 2, 2.0))
 
-SITECUSTOMIZE = """
-import os, time
-_offset = float(os.environ.get("BENCH_CLOCK_OFFSET_S") or 0)
-if _offset:
-    _time, _time_ns = time.time, time.time_ns
-    time.time = lambda: _time() + _offset
-    time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
-"""
+FAKE_CLOCK = REPO_ROOT / "tests" / "fake_clock"  # its sitecustomize.py shifts time.time
 
 TASK = """
 import json, sys, time
@@ -106,9 +99,6 @@ def run_layout(
     with exchange_process([key], seed, rate_limit_per_minute=RATE_PER_MINUTE, burst=BURST) as ex:
         ids = ex.orders[0]
         run_dir = Path(tempfile.mkdtemp(dir=tmp))
-        site = run_dir / "site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
         go = run_dir / "go"
         procs = []
         for index in range(tasks):
@@ -116,13 +106,13 @@ def run_layout(
             host_dir = run_dir / f"host{host}"
             (host_dir / "tmp").mkdir(parents=True, exist_ok=True)
             (host_dir / "state").mkdir(mode=0o700, exist_ok=True)
-            path = [str(site)] + ([str(import_root)] if import_root else []) + [str(REPO_ROOT)]
+            path = [str(FAKE_CLOCK)] + ([str(import_root)] if import_root else []) + [str(REPO_ROOT)]
             env = {
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(path),
                 "TMPDIR": str(host_dir / "tmp"),
                 "GEMINI_PROVIDER_STATE_DIR": str(host_dir / "state"),
-                "BENCH_CLOCK_OFFSET_S": str(skew_s if host == 1 else 0.0),
+                "FAKE_CLOCK_OFFSET_S": str(skew_s if host == 1 else 0.0),
             }
             spec = {
                 "url": ex.url,

@@ -32,14 +32,7 @@ with GeminiClient(key, secret, base_url=url) as client:
 """
 
 
-SITECUSTOMIZE = """
-import os, time
-_offset = float(os.environ.get("TEST_CLOCK_OFFSET_S") or 0)
-if _offset:
-    _time, _time_ns = time.time, time.time_ns
-    time.time = lambda: _time() + _offset
-    time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
-"""
+FAKE_CLOCK = Path(__file__).resolve().parent.parent / "fake_clock"  # its sitecustomize.py
 
 
 def run_workers(
@@ -48,17 +41,14 @@ def run_workers(
     """Start one process per group of ids (group i on host i % hosts; the last host's clock `fast_s`
     ahead), release them at once, and return their outputs."""
     go = tmp_path / "go"
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     procs = []
     for index, ids in enumerate(groups):
         host = index % hosts
         env = {
             **os.environ,
             "GEMINI_PROVIDER_STATE_DIR": str(tmp_path / f"state-{host}"),
-            "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-            "TEST_CLOCK_OFFSET_S": str(fast_s if host == hosts - 1 and hosts > 1 else 0.0),
+            "PYTHONPATH": os.pathsep.join([str(FAKE_CLOCK), os.environ.get("PYTHONPATH", "")]),
+            "FAKE_CLOCK_OFFSET_S": str(fast_s if host == hosts - 1 and hosts > 1 else 0.0),
         }
         argv = [sys.executable, "-c", WORKER, exchange.url, str(exchange.api_key), str(exchange.api_secret)]
         procs.append(
