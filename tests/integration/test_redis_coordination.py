@@ -189,14 +189,7 @@ def test_a_planted_nonce_far_ahead_is_dropped_and_a_lower_one_never_sent(redis_s
 
 # --- two hosts on one key at its rate limit -------------------------------------------------------------
 
-SITECUSTOMIZE = """
-import os, time
-_shift = float(os.environ.get("FAKE_TIME_SHIFT_SECONDS", "0"))
-if _shift:
-    _time, _time_ns = time.time, time.time_ns
-    time.time = lambda: _time() + _shift
-    time.time_ns = lambda: _time_ns() + int(_shift * 1e9)
-"""
+FAKE_CLOCK = Path(__file__).resolve().parent.parent / "fake_clock"  # its sitecustomize.py
 
 HOST_WORKER = """
 import json, os, sys, time
@@ -227,16 +220,13 @@ def run_hosts(
     """Two hosts (their own state dirs; the second's time.time() `skew` s ahead) x `per_host`
     processes, each cancelling its share of `ids`, released together."""
     go = tmp_path / "go"
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     procs = []
     groups = [ids[i :: 2 * per_host] for i in range(2 * per_host)]
     for host in range(2):
         env = {**os.environ, "GEMINI_PROVIDER_STATE_DIR": str(tmp_path / f"host{host}")}
         if host == 1:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-            env["FAKE_TIME_SHIFT_SECONDS"] = str(skew)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKE_CLOCK), os.environ.get("PYTHONPATH")]))
+            env["FAKE_CLOCK_OFFSET_S"] = str(skew)
         for group in groups[host * per_host : (host + 1) * per_host]:
             args = [exchange.url, str(exchange.api_key), str(exchange.api_secret), str(go), redis_url, *group]
             procs.append(run_python(HOST_WORKER, *args, env=env))
