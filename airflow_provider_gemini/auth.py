@@ -250,10 +250,10 @@ class CounterNonce:
 
     next = max(now_ms + lead, last + 1), where `now` is this host's clock moved onto the exchange's
     when the Dates its processes saw (their bounds, intersected host-wide) say ours is off, and `last`,
-    `lead` and the bounds live in a private state file (state.py) that is kept
-    open and read and written under flock, so a nonce costs a few syscalls. `lead` is 0 until Gemini
-    refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS ahead of both clocks is
-    discarded with a warning.
+    `lead` and the bounds live in a private state file (state.py) that is kept open and read and
+    written under flock, so a nonce costs a few syscalls. `lead` is 0 until Gemini refuses a nonce
+    (`refused`). A stored value more than MAX_STORED_LEAD_MS ahead of both clocks is discarded with a
+    warning.
     """
 
     def __init__(

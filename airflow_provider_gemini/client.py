@@ -25,7 +25,7 @@ from airflow_provider_gemini.arguments import (
     parse_positive,
     parse_positive_int,
 )
-from airflow_provider_gemini.auth import NONCE_MODES, KeyAuth, RequestAuth, nonce_source
+from airflow_provider_gemini.auth import NONCE_MODES, KeyAuth, NonceSource, RequestAuth, nonce_source
 from airflow_provider_gemini.exceptions import (
     ERROR_CLASSES,
     GeminiError,
@@ -338,30 +338,31 @@ class ClientCore:
             self._is_master = False
         else:
             assert api_key is not None and api_secret is not None
+            nonce: NonceSource = nonce_source(nonce_mode, api_key)
+            if coordinator is not None and nonce_mode == "counter":
+                from airflow_provider_gemini.coordination import RedisNonce  # it imports this module
+
+                # Across hosts (coordination.py): a counter key's nonces from one sequence on Redis.
+                nonce = RedisNonce(coordinator)
             self._auth = KeyAuth(
                 api_key,
                 api_secret.encode(),
-                nonce_source(nonce_mode, api_key),
+                nonce,
                 # Shared with every client of this exchange in the process, so a new one starts
                 # with what earlier answers taught about the exchange's clock.
                 bounds=lambda: self.server_clock.bounds,
             )
             self._is_master = api_key.startswith("master-")
-        self._limiter: RateLimiter | RedisCoordinator | None = (
-            None
-            if self.rate_limit_per_minute is None
-            else _shared_limiter(
+        self._limiter: RateLimiter | RedisCoordinator | None
+        if coordinator is not None:
+            # The key's bucket on Redis, shared by every host.
+            self._limiter = self._coordinated(coordinator, burst)
+        elif self.rate_limit_per_minute is None:
+            self._limiter = None
+        else:
+            self._limiter = _shared_limiter(
                 self._auth.identity, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock
             )
-        )
-        if coordinator is not None:
-            # Across hosts (coordination.py): the key's bucket, and a counter key's nonces, on Redis.
-            self._limiter = self._coordinated(coordinator, burst)
-            if isinstance(self._auth, KeyAuth) and nonce_mode == "counter":
-                assert api_key is not None and api_secret is not None
-                from airflow_provider_gemini.coordination import RedisNonce  # it imports this module
-
-                self._auth = KeyAuth(api_key, api_secret.encode(), RedisNonce(coordinator))
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics
         self._clock = clock
