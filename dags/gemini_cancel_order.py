@@ -25,7 +25,7 @@ report (cancelled, already cancelled, filled, not found, failed, and each order'
 
 **Connection** `gemini_default` (type *Gemini Exchange*), a key with the Trader role. Transient errors
 are retried by the client and then by Airflow (`retries=2`); auth, role and validation errors fail at
-once. Many workers on one key: `airflow pools set gemini 1 "one key"` and `pool="gemini"` on the tasks.
+once. Many workers on one key need no pool (README, "Many workers on one key").
 """
 
 from __future__ import annotations

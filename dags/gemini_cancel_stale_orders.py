@@ -43,8 +43,9 @@ ids: `gemini_reconcile_after_sweep` runs on it.
 **Connection** `gemini_default` (type *Gemini Exchange*): the API key needs the Trader role.
 Transient errors (timeouts, 429, 5xx) are retried inside the client and then by Airflow
 (`retries=2`); auth, role and validation errors fail at once, without retries.
-With many workers sharing one key, throttle them with a pool (`airflow pools set gemini 1 "one key"`)
-and add `pool="gemini"` to the tasks; this file does not, so it runs where that pool does not exist.
+Many workers on one key need no pool: the processes of a host share the key's rate budget and
+nonces, and hosts adapt to each other; the connection's `redis_url` shares them across hosts (README,
+"Many workers on one key").
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ If you need "nothing of this key survives", create the key with *Require Heartbe
 cancels the session's orders by itself when the key stops sending heartbeats.
 
 **Connection** `gemini_default` (type *Gemini Exchange*), a key with the Trader role. Transient errors
-are retried (`retries=2`); auth, role and validation errors fail at once. Many workers on one key:
-`airflow pools set gemini 1 "one key"` and `pool="gemini"` on the tasks.
+are retried (`retries=2`); auth, role and validation errors fail at once. Many workers on one key
+need no pool (README, "Many workers on one key").
 """
 
 from __future__ import annotations
