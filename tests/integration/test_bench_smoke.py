@@ -23,6 +23,7 @@ SCRIPTS = {
     "bulk.py": ["bulk", "memory"],
     "parse_cost.py": ["parse"],
     "triggers.py": ["triggers"],
+    "hosts.py": ["hosts"],
 }
 
 
