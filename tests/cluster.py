@@ -381,9 +381,7 @@ class Cluster:
             }
             home = root / "airflow_home"
             home.mkdir(parents=True, exist_ok=True)
-            self.airflow = Deployment(
-                home, dags, ["api-server", "scheduler", "dag-processor"], env
-            )
+            self.airflow = Deployment(home, dags, ["api-server", "scheduler", "dag-processor"], env)
         except BaseException:
             self.stop()
             raise
