@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import pwd
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -39,6 +41,7 @@ from airflow_run import AIRFLOW
 from deployment import Deployment, free_port
 
 TESTS = Path(__file__).resolve().parent
+CLOCK_DIR = TESTS / "cluster_clock"
 PG_USER = "airflow"
 PG_DB = "airflow"
 FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"
@@ -47,16 +50,35 @@ FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"
 HEARTBEAT_TIMEOUT = 20
 
 
-def faketime_env(offset: str) -> dict[str, str]:
-    """The environment that runs a process `offset` (libfaketime syntax, "+2s") off the real clock.
-    Monotonic clocks stay real: only the wall clock of a host is wrong."""
-    found = sorted(glob.glob(FAKETIME_LIBS))
-    if not found:
-        raise RuntimeError(
-            "libfaketime is missing: run `sh scripts/install-system-packages.sh` as root "
-            "(apt-get install faketime)"
+def clock_offset_env(seconds: float) -> tuple[dict[str, str], str]:
+    """Environment that runs a worker's processes with a wall clock `seconds` off (monotonic clocks
+    stay real: only a host's time of day is wrong), and which way: libfaketime when it works for
+    Python here, else tests/cluster_clock/sitecustomize.py (Debian 12's libfaketime 0.9.10 breaks
+    Python 3.11's sleeps and timed waits; see that file)."""
+    for lib in sorted(glob.glob(FAKETIME_LIBS)):
+        env = {"LD_PRELOAD": lib, "FAKETIME": f"{seconds:+g}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        if abs(measure_clock_offset(env) - seconds) < 0.5:
+            return env, "libfaketime"
+    return {"GEMINI_TEST_CLOCK_OFFSET": str(seconds)}, "sitecustomize"
+
+
+CLOCK_PROBE = "import threading, time; time.sleep(0.01); threading.Event().wait(0.01); print(time.time())"
+
+
+def measure_clock_offset(env: Mapping[str, str], timeout: float = 5.0) -> float:
+    """How far ahead a Python started with `env` (on top of this environment) sees the wall clock;
+    NaN when it cannot even sleep and wait with that environment."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", CLOCK_PROBE],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
-    return {"LD_PRELOAD": found[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        return float(probe.stdout.strip()) - time.time() if probe.returncode == 0 else math.nan
+    except (subprocess.TimeoutExpired, ValueError):
+        return math.nan
 
 
 def session_pids(sid: int) -> list[int]:
@@ -291,6 +313,7 @@ class Worker:
             "GEMINI_CLUSTER_HOST": name,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.task_logs),
         }
+        self.clock = "host"  # or how its clock is skewed: "libfaketime", "sitecustomize"
         self.log_path = root / "worker.log"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -392,12 +415,21 @@ class Cluster:
         return self.airflow
 
     def start_worker(
-        self, name: str, extra: Mapping[str, str] | None = None, concurrency: int = 4, wait: bool = True
+        self, name: str, clock_offset: float = 0.0, concurrency: int = 4, wait: bool = True
     ) -> Worker:
+        """Start (or restart) host `name`'s worker, its wall clock `clock_offset` seconds ahead."""
         old = self.workers.pop(name, None)
         if old is not None:
             old.stop()
-        worker = Worker(name, self.root / "hosts" / name, {**self.api.env, **(extra or {})}, concurrency)
+        env = dict(self.api.env)
+        clock = "host"
+        if clock_offset:
+            skew, clock = clock_offset_env(clock_offset)
+            env.update(skew)
+            if clock == "sitecustomize":
+                env["PYTHONPATH"] = os.pathsep.join([str(CLOCK_DIR), env["PYTHONPATH"]])
+        worker = Worker(name, self.root / "hosts" / name, env, concurrency)
+        worker.clock = clock
         self.workers[name] = worker
         if wait:
             worker.wait_ready()
