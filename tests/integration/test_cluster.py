@@ -235,24 +235,33 @@ class TestSkewedClocks:
 def test_a_worker_killed_mid_run_its_tasks_retried_on_the_other(tier: Tier) -> None:
     cluster, ex = tier.cluster, tier.exchange
     run_id, targets, kept, since, began = start_run(tier)
-    # Wait until both hosts run tasks and some cancels are through, then kill the host with the most.
-    victim = None
+    # Kill host-b once its running tasks are part-way through their orders: between them at least
+    # 10 cancels on record in the trail, each at least one, none done, and host-a running tasks too.
+    victim = "host-b"
+    on_victim: list[int] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         tis = [ti for ti in cluster.task_instances(DAG_ID, run_id) if ti["task_id"] == "cancel"]
-        running = [ti for ti in tis if ti["state"] == "running"]
-        hosts = {ti["hostname"] for ti in running}
-        if hosts == set(HOSTS) and ex.count(CANCEL, status=200) >= 30:
-            victim = max(HOSTS, key=lambda h: sum(ti["hostname"] == h for ti in running))
+        running = {ti["map_index"]: ti["hostname"] for ti in tis if ti["state"] == "running"}
+        on_victim = sorted(i for i, host in running.items() if host == victim)
+        done = trail_counts(tier, run_id)
+        through = [done.get((i, 1), 0) for i in on_victim]
+        if (
+            set(running.values()) == set(HOSTS)
+            and through
+            and min(through) >= 1
+            and sum(through) >= 10
+            and max(through) < PER_TASK
+        ):
             break
         time.sleep(0.2)
-    assert victim is not None, f"never saw both hosts running with cancels through:\n{cluster.logs()}"
-    on_victim = sorted(ti["map_index"] for ti in running if ti["hostname"] == victim)
+    else:
+        raise AssertionError(f"never saw host-b part-way through its tasks:\n{cluster.logs()}")
     killed_at = time.time()
     pids = cluster.workers[victim].kill()
     print(
         f"\nkilled {victim} ({len(pids)} processes) running cancel{on_victim}, "
-        f"{ex.count(CANCEL, status=200)} cancels through"
+        f"{ex.count(CANCEL, status=200)} cancels through, trail lines of its tries {trail_counts(tier, run_id)}"
     )
     try:
         run = finish_run(tier, run_id, targets, kept, since, began)
@@ -268,6 +277,15 @@ def test_a_worker_killed_mid_run_its_tasks_retried_on_the_other(tier: Tier) -> N
         check_trail(tier, run, on_victim, killed_at)
     finally:
         cluster.start_worker(victim)
+
+
+def trail_counts(tier: Tier, run_id: str) -> dict[tuple[int, int], int]:
+    """Lines on record per (map_index, try_number) of one run."""
+    counts: dict[tuple[int, int], int] = {}
+    for line in read_trail(tier.trail, dag_id=DAG_ID, run_id=run_id):
+        key = (int(line["map_index"]), int(line["try_number"]))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def check_trail(tier: Tier, run: Run, on_victim: list[int], killed_at: float) -> None:
