@@ -115,6 +115,20 @@ _CONN_FIELDS: dict[str, Any] = {
         "schema": {"type": ["string", "null"]},
         "description": "The Airflow connection an object store Audit trail URL is opened with (empty: none).",
     },
+    "redis_url": {
+        "label": "Redis URL (shared budget)",
+        # "password": the URL may carry the Redis password; the form masks it.
+        "schema": {"type": ["string", "null"], "format": "password"},
+        "description": "redis://[:password@]host:port/db or rediss:// (TLS): every host shares the key's "
+        "rate budget and counter nonces there; set it on every worker that uses the key, or none. "
+        "Requests fail while Redis is down (empty: off, each host paces alone).",
+    },
+    "redis_conn_id": {
+        "label": "Redis connection (shared budget)",
+        "schema": {"type": ["string", "null"]},
+        "description": "Instead of Redis URL: an Airflow connection of type redis (host, port, password, "
+        "extra db and ssl) for the shared budget (empty: off).",
+    },
 }
 
 

@@ -119,20 +119,19 @@ class AsyncGeminiClient(ClientCore):
         return Failure(timed_out=timed_out, error=error)
 
     async def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
-        if self._limiter is not None:
-            wait = self._limiter.reserve()
-            if wait > 0.0:
-                await self._async_sleep(wait)
+        wait = self._reserve_turn(path, deadline)
+        if wait > 0.0:
+            await self._async_sleep(wait)
         url = self.base_url + path
         # A key's nonces must reach Gemini in the order they were signed: the loop's clients of one
         # key (a master key's accounts, say) take turns from signing to answer, instead of
         # overtaking each other into InvalidNonce.
         async with _turn(self._auth.identity):
-            headers, _ = self._auth.headers(path, fields)
+            headers, credential = self._auth.headers(path, fields)
             seconds = self._seconds(path, deadline)
             started = time.perf_counter()
             answer = await self._send(url, headers, seconds)
-        return self._decoded(path, self._answered(path, url, answer, seconds, started))
+        return self._decoded(path, self._answered(path, url, answer, seconds, started), credential)
 
     async def _post(self, path: str, fields: Mapping[str, Any]) -> Any:
         return await self._retrying(self._attempt, path, fields, self._clock() + self.call_timeout)

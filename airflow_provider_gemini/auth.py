@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
@@ -91,24 +92,53 @@ class RequestAuth(Protocol):
         """After a 401 to headers carrying `used`: True if new credentials are in place to resend with."""
         ...
 
+    def refused(self, used: object) -> None:
+        """Gemini answered InvalidNonce to headers carrying `used`."""
+        ...
+
+
+class NonceSource(Protocol):
+    """Where a key's nonces come from. `offset` (seconds) moves the local clock onto the exchange's;
+    None: not known in this process yet."""
+
+    def __call__(self, offset: float | None = None) -> int: ...
+
+    def refused(self, nonce: int) -> None:
+        """Gemini refused `nonce` as not increasing: another host or tool is ahead of this host."""
+        ...
+
 
 class KeyAuth:
-    """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time."""
+    """API key mode: HMAC-SHA384 over the payload, with a fresh nonce from the key's source each time,
+    on the exchange's clock when `offset` (seconds to add to ours, e.g. ServerClock's; None while not
+    known) says ours is off."""
 
-    def __init__(self, api_key: str, api_secret: bytes, nonce: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: bytes,
+        nonce: NonceSource,
+        offset: Callable[[], float | None] = lambda: None,
+    ) -> None:
         self._api_key = api_key
         self._secret = api_secret
         self._nonce = nonce
+        self._offset = offset
 
     @property
     def identity(self) -> str:
         return self._api_key
 
     def headers(self, path: str, fields: Mapping[str, Any]) -> tuple[dict[str, str], object]:
-        return build_private_headers(self._api_key, self._secret, path, self._nonce(), fields), None
+        nonce = self._nonce(self._offset())
+        return build_private_headers(self._api_key, self._secret, path, nonce, fields), nonce
 
     def renew(self, used: object) -> bool:
         return False  # a key does not change: a 401 is final
+
+    def refused(self, used: object) -> None:
+        if isinstance(used, int):
+            self._nonce.refused(used)
 
 
 def nonce_file_name(api_key: str) -> str:
@@ -139,12 +169,67 @@ GEMINI_NONCE_WINDOW_SECONDS = 30
 _live_sources: weakref.WeakSet[TimeNonce] = weakref.WeakSet()
 
 
+# After an InvalidNonce the host's counter runs this much ahead of its clock, doubling with each
+# refusal of a nonce issued since the last raise, up to MAX_NONCE_LEAD_MS, halving every
+# NONCE_LEAD_HALF_LIFE_MS without one: enough to pass another host whose clock (or anchoring) is a
+# little ahead, and never far from real time.
+NONCE_LEAD_STEP_MS = 50
+MAX_NONCE_LEAD_MS = 3_000
+NONCE_LEAD_HALF_LIFE_MS = 60_000
+
+
+@dataclass
+class CounterState:
+    """A key's counter on this host: the last nonce, the lead (ms) and the nonce at its last raise,
+    and the last offset (s) onto the exchange's clock a process learnt, for processes yet to learn it."""
+
+    last: int = 0
+    lead: float = 0.0
+    raised: int = 0
+    offset: float = 0.0
+
+    @classmethod
+    def decode(cls, stored: bytes) -> CounterState:
+        """The state in a file (a lone number: an older file's last nonce); a fresh one if unreadable."""
+        parts = stored.split()
+        try:
+            state = cls(
+                last=int(parts[0]) if parts else 0,
+                lead=float(parts[1]) if len(parts) > 1 else 0.0,
+                raised=int(parts[2]) if len(parts) > 2 else 0,
+                offset=float(parts[3]) if len(parts) > 3 else 0.0,
+            )
+        except ValueError:
+            return cls()
+        if not 0.0 <= state.lead <= MAX_NONCE_LEAD_MS:
+            state.lead = 0.0
+        if not abs(state.offset) <= MAX_ANCHOR_OFFSET_SECONDS:
+            state.offset = 0.0
+        return state
+
+    def encode(self) -> bytes:
+        return b"%020d %r %d %r" % (self.last, self.lead, self.raised, self.offset)
+
+    def lead_at(self, now: int) -> float:
+        """The lead after halving every NONCE_LEAD_HALF_LIFE_MS since its raise."""
+        if self.lead <= 0.0:
+            return 0.0
+        return float(self.lead * 0.5 ** (max(0, now - self.raised) / NONCE_LEAD_HALF_LIFE_MS))
+
+
+# An offset onto the exchange's clock beyond this is not a clock a host runs on: a day.
+MAX_ANCHOR_OFFSET_SECONDS = 86_400.0
+
+
 class CounterNonce:
     """Milliseconds, strictly increasing for one key across every process of this user on the host.
 
-    next = max(now_ms, last + 1), where `last` lives in a private state file (state.py) that is kept
-    open and read and written under flock, so a nonce costs a few syscalls. A stored value more than
-    MAX_STORED_LEAD_MS ahead of the clock is discarded with a warning.
+    next = max(now_ms + lead, last + 1), where `now` is this host's clock plus `offset` (the
+    exchange's clock when ours is known to be off; a process that has no offset yet takes the one last
+    stored), and `last`, `lead` and the offset live in a private state file (state.py) that is kept
+    open and read and written under flock, so a nonce costs a few syscalls. `lead` is 0 until Gemini
+    refuses a nonce (`refused`). A stored value more than MAX_STORED_LEAD_MS ahead of both clocks is
+    discarded with a warning.
     """
 
     def __init__(
@@ -158,27 +243,44 @@ class CounterNonce:
         self.path = str(self._file.path)
         self._clock = clock
 
-    def __call__(self) -> int:
-        return self._file.update(self._next)
+    def __call__(self, offset: float | None = None) -> int:
+        return self._file.update(lambda stored: self._next(stored, offset))
 
-    def _next(self, stored: bytes) -> tuple[bytes, int]:
-        now = int(self._clock() * 1000)
-        try:
-            last = int(stored)
-        except ValueError:
-            last = 0
-        if last - now > MAX_STORED_LEAD_MS:
+    def _next(self, stored: bytes, offset: float | None) -> tuple[bytes, int]:
+        state = CounterState.decode(stored)
+        if offset is not None and abs(offset) <= MAX_ANCHOR_OFFSET_SECONDS:
+            state.offset = offset
+        local = int(self._clock() * 1000)
+        now = local + int(state.offset * 1000)
+        if state.last - max(local, now) > MAX_STORED_LEAD_MS:
             log.warning(
                 "Nonce state %s holds %d, more than %d ms ahead of the clock (%d ms): not sent by this "
                 "client; starting again from the clock",
                 self.path,
-                last,
+                state.last,
                 MAX_STORED_LEAD_MS,
                 now,
             )
-            last = 0
-        nonce = max(now, last + 1)
-        return b"%020d" % nonce, nonce
+            state = CounterState(offset=state.offset)
+        state.last = max(now + int(state.lead_at(now)), state.last + 1)
+        return state.encode(), state.last
+
+    def refused(self, nonce: int) -> None:
+        """Gemini has seen a nonce at least as large as `nonce` from elsewhere: raise the lead (once
+        per raise; refusals of nonces issued before the last raise say nothing new)."""
+
+        def raise_lead(stored: bytes) -> tuple[bytes, None]:
+            state = CounterState.decode(stored)
+            if nonce > state.raised:
+                lead = max(2.0 * state.lead_at(nonce), float(NONCE_LEAD_STEP_MS))
+                state.lead = min(float(MAX_NONCE_LEAD_MS), lead)
+                state.raised = state.last = max(state.last, nonce)
+                log.info(
+                    "Nonce %d refused: this host's nonces now lead its clock by %.0f ms", nonce, state.lead
+                )
+            return state.encode(), None
+
+        self._file.update(raise_lead)
 
     def close(self) -> None:
         self._file.close()
@@ -202,10 +304,10 @@ class TimeNonce:
         self._last = 0
         _live_sources.add(self)
 
-    def __call__(self) -> int:
+    def __call__(self, offset: float | None = None) -> int:
         with self._lock:
             while True:
-                now = self._clock()
+                now = self._clock() + (offset or 0.0)
                 nonce = max(int(now), self._last + 1)
                 lead = nonce - now
                 if lead <= TIME_NONCE_LEAD_SECONDS:
@@ -225,6 +327,9 @@ class TimeNonce:
             self._last = nonce
             return nonce
 
+    def refused(self, nonce: int) -> None:
+        """Nothing to move: the retry waits for the next second (see retrying.wait_for_gemini)."""
+
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
@@ -236,11 +341,11 @@ def _reset_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
-_shared: dict[tuple[str, str], Callable[[], int]] = {}
+_shared: dict[tuple[str, str], NonceSource] = {}
 _shared_lock = threading.Lock()
 
 
-def nonce_source(mode: str, api_key: str) -> Callable[[], int]:
+def nonce_source(mode: str, api_key: str) -> NonceSource:
     """The process-wide nonce source for a key in `mode` ("counter" or "time")."""
     if mode not in NONCE_MODES:
         raise ValueError(f"nonce_mode: expected 'counter' or 'time', got {mode!r}")

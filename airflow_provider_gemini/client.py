@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import tenacity
@@ -29,6 +30,7 @@ from airflow_provider_gemini.exceptions import (
     ERROR_CLASSES,
     GeminiError,
     MissingScopeError,
+    RateLimitedError,
     ServiceError,
     error_from_response,
 )
@@ -43,7 +45,10 @@ from airflow_provider_gemini.retrying import (
     wait_for_gemini,
 )
 from airflow_provider_gemini.state import StateFile
-from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send
+from airflow_provider_gemini.transport import Answer, Failure, ServerClock, open_session, send, server_clock
+
+if TYPE_CHECKING:
+    from airflow_provider_gemini.coordination import RedisCoordinator
 
 __all__ = [
     "NONCE_EXTRA_ATTEMPTS",
@@ -63,6 +68,14 @@ SANDBOX_URL = "https://api.sandbox.gemini.com"
 RATE_SAFETY_MARGIN = 0.015
 RATE_LIMITED_PAUSE_SECONDS = 1.0
 """How long the key's clients on this host hold back after a 429 that gives no Retry-After."""
+RATE_LIMITED_PAUSE_JITTER = 0.25
+"""A host's pause after a 429 is longer by up to this share, so hosts do not all resume at once."""
+PACE_BACKOFF = 0.7
+"""After a 429 the key's pace on this host drops to this share of what it was (once per pause) ..."""
+MIN_PACE = 0.2
+PACE_RECOVERY_PER_SECOND = 0.01
+"""... and climbs back by this share of the full rate a second: other hosts on the key, which this
+host cannot see, then find their share instead of meeting 429 after 429."""
 DEFAULT_CALL_TIMEOUT = 60.0
 USER_AGENT = f"airflow-provider-gemini/{__version__}"
 
@@ -108,6 +121,32 @@ class ClientStats:
             }
 
 
+@dataclass
+class Bucket:
+    """A token bucket's state at `stamp`: tokens (negative: turns already promised), the pace (share
+    of the full rate, below 1 after 429s) and the end of the last 429 pause."""
+
+    tokens: float
+    stamp: float
+    pace: float = 1.0
+    paused_until: float = 0.0
+
+    def encode(self) -> bytes:
+        return f"{self.tokens!r} {self.stamp!r} {self.pace!r} {self.paused_until!r}".encode()
+
+    @classmethod
+    def decode(cls, stored: bytes) -> Bucket | None:
+        try:
+            parts = [float(part) for part in stored.split()]
+        except ValueError:
+            return None
+        if len(parts) == 2:
+            parts += [1.0, 0.0]
+        if len(parts) != 4 or not MIN_PACE <= parts[2] <= 1.0:
+            return None
+        return cls(*parts)
+
+
 class RateLimiter:
     """A token bucket that keeps the clients of a key clear of Gemini's own bucket.
 
@@ -117,6 +156,8 @@ class RateLimiter:
     sent on time, without a token there. With `state` (a StateFile) the bucket lives in that file,
     taken under flock, so every process of the host that uses the key shares it; a taken token may
     be due in the future (the bucket goes negative), which gives each waiting process its own turn.
+    A 429 (`penalize`) pauses the bucket and slows its pace, which then recovers over time: the key's
+    clients on other hosts, which this bucket cannot see, get room that way.
     """
 
     def __init__(
@@ -132,50 +173,74 @@ class RateLimiter:
         self.capacity = float(max(1, burst - 1))
         self._sleep = sleep
         self._clock = clock
-        self._tokens = self.capacity
-        self._stamp = clock()
+        self._bucket = Bucket(self.capacity, clock())
         self._lock = threading.Lock()
         self._state = state
 
-    def _refilled(self, tokens: float, stamp: float, now: float) -> float:
-        """The tokens of a bucket that held `tokens` at `stamp`, refilled at the rate until `now`."""
-        return min(self.capacity, tokens + (now - stamp) * self.rate)
+    def _refilled(self, bucket: Bucket, now: float) -> Bucket:
+        """`bucket` refilled until `now` at its pace, and its pace recovered meanwhile."""
+        elapsed = max(0.0, now - bucket.stamp)
+        pace = min(1.0, bucket.pace + elapsed * PACE_RECOVERY_PER_SECOND)
+        tokens = min(self.capacity, bucket.tokens + elapsed * self.rate * (bucket.pace + pace) / 2.0)
+        return Bucket(tokens, now, pace, bucket.paused_until)
 
-    def _update(self, change: Callable[[float, float], float]) -> float:
-        """Apply `change(tokens now, now) -> tokens after` to the bucket, in this process or in the
-        host's state file; returns the tokens after."""
+    def _update(self, change: Callable[[Bucket], None]) -> Bucket:
+        """Apply `change` to the refilled bucket, in this process or in the host's state file."""
         if self._state is None:
             with self._lock:
-                now = self._clock()
-                self._tokens = change(self._refilled(self._tokens, self._stamp, now), now)
-                self._stamp = now
-                return self._tokens
+                bucket = self._bucket = self._refilled(self._bucket, self._clock())
+                change(bucket)
+                return bucket
 
-        def shared(stored: bytes) -> tuple[bytes, float]:
+        def shared(stored: bytes) -> tuple[bytes, Bucket]:
             now = self._clock()
-            try:
-                tokens, stamp = (float(part) for part in stored.split())
-            except ValueError:
-                tokens, stamp = self.capacity, now
+            bucket = Bucket.decode(stored)
             # A stamp from the future (the monotonic clock restarts with the host) or a bucket more
             # than a minute in debt is not this host's current state: start full.
-            if stamp > now or tokens < -60.0 * self.rate:
-                tokens, stamp = self.capacity, now
-            after = change(self._refilled(tokens, stamp, now), now)
-            return f"{after!r} {now!r}".encode(), after
+            if bucket is None or bucket.stamp > now or bucket.tokens < -60.0 * self.rate:
+                bucket = Bucket(self.capacity, now)
+            bucket = self._refilled(bucket, now)
+            change(bucket)
+            return bucket.encode(), bucket
 
         return self._state.update(shared)
+
+    @property
+    def pace(self) -> float:
+        """The share of the full rate the bucket refills at now (1.0 until a 429 slowed it)."""
+        return self._update(lambda bucket: None).pace
 
     def reserve(self) -> float:
         """Take one token now and return the seconds until it is due (0 when one was there); the
         caller waits that long, with whatever sleep suits it (the async client awaits it)."""
-        tokens = self._update(lambda available, now: available - 1.0)
-        return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+        def take(bucket: Bucket) -> None:
+            bucket.tokens -= 1.0
+
+        bucket = self._update(take)
+        return 0.0 if bucket.tokens >= 0.0 else -bucket.tokens / (self.rate * bucket.pace)
+
+    def refund(self) -> None:
+        """Give back a turn taken by `reserve` and not used."""
+
+        def give(bucket: Bucket) -> None:
+            bucket.tokens = min(self.capacity, bucket.tokens + 1.0)
+
+        self._update(give)
 
     def penalize(self, seconds: float) -> None:
-        """Gemini answered 429: empty the bucket so that no client of the key, in any process sharing
-        it, sends again for `seconds`."""
-        self._update(lambda available, now: min(available, -max(0.0, seconds) * self.rate))
+        """Gemini answered 429: no client of the key, in any process sharing the bucket, sends again
+        for `seconds`, and the pace drops by PACE_BACKOFF (once per pause: the other 429s of requests
+        already in flight say nothing new)."""
+
+        def pause(bucket: Bucket) -> None:
+            if bucket.stamp >= bucket.paused_until:
+                bucket.pace = max(MIN_PACE, bucket.pace * PACE_BACKOFF)
+            held = max(0.0, seconds)
+            bucket.tokens = min(bucket.tokens, -held * self.rate * bucket.pace)
+            bucket.paused_until = max(bucket.paused_until, bucket.stamp + held)
+
+        self._update(pause)
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds slept."""
@@ -237,6 +302,7 @@ class ClientCore:
         sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
+        coordinator: RedisCoordinator | None = None,
     ) -> None:
         if oauth is not None:
             if api_key is not None or api_secret is not None:
@@ -265,26 +331,55 @@ class ClientCore:
             else parse_positive(rate_limit_per_minute, "rate_limit_per_minute")
         )
         self.oauth = oauth
+        self.server_clock: ServerClock = server_clock(self.base_url)
         self._auth: RequestAuth
         if oauth is not None:
             self._auth = BearerAuth(oauth, self._token_request)
             self._is_master = False
         else:
             assert api_key is not None and api_secret is not None
-            self._auth = KeyAuth(api_key, api_secret.encode(), nonce_source(nonce_mode, api_key))
+            self._auth = KeyAuth(
+                api_key,
+                api_secret.encode(),
+                nonce_source(nonce_mode, api_key),
+                # Shared with every client of this exchange in the process, so a new one starts
+                # with what earlier answers taught about the exchange's clock.
+                offset=self.server_clock.correction,
+            )
             self._is_master = api_key.startswith("master-")
-        self._limiter = (
+        self._limiter: RateLimiter | RedisCoordinator | None = (
             None
             if self.rate_limit_per_minute is None
             else _shared_limiter(
                 self._auth.identity, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock
             )
         )
+        if coordinator is not None:
+            # Across hosts (coordination.py): the key's bucket, and a counter key's nonces, on Redis.
+            self._limiter = self._coordinated(coordinator, burst)
+            if isinstance(self._auth, KeyAuth) and nonce_mode == "counter":
+                assert api_key is not None and api_secret is not None
+                from airflow_provider_gemini.coordination import RedisNonce  # it imports this module
+
+                self._auth = KeyAuth(api_key, api_secret.encode(), RedisNonce(coordinator))
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics
-        self.server_clock = ServerClock()
         self._clock = clock
         self._open_transport(sleep)
+
+    def _coordinated(self, coordinator: RedisCoordinator, burst: int) -> RedisCoordinator | None:
+        """The coordinator as this client's limiter (None with pacing off), once it is checked to hold
+        this key's bucket with this client's rate and burst."""
+        if not coordinator.serves(self._auth.identity):
+            raise ValueError("coordinator: made for another key than this client's")
+        if self.rate_limit_per_minute is None:
+            return None
+        if (coordinator.per_minute, coordinator.burst) != (self.rate_limit_per_minute, burst):
+            raise ValueError(
+                f"coordinator: paces {coordinator.per_minute:g}/min with a burst of {coordinator.burst}, "
+                f"the client {self.rate_limit_per_minute:g}/min with {burst}; make them alike"
+            )
+        return coordinator
 
     def _open_transport(self, sleep: Sleep) -> None:
         """Set up what the subclass sends with (nothing is connected until the first request)."""
@@ -312,6 +407,23 @@ class ClientCore:
         raise NotImplementedError
 
     # -- one attempt, around the transport ----------------------------------------------------------
+
+    def _reserve_turn(self, path: str, deadline: float) -> float:
+        """Take the key's next turn and return the seconds until it; a turn at or past the call's
+        deadline (the host slowed down after 429s) ends the call as rate limited, before sending."""
+        if self._limiter is None:
+            return 0.0
+        wait = self._limiter.reserve()
+        if wait > 0.0 and self._clock() + wait >= deadline:
+            self._limiter.refund()
+            # retry_after = the wait, so the retry policy sees that no retry fits the deadline either.
+            raise RateLimitedError(
+                f"{path}: the key's next turn on this host is {wait:.1f} s away, past the call "
+                f"deadline of {self.call_timeout:g} s (its clients slow down after Gemini's 429s)",
+                reason="RateLimit",
+                retry_after=wait,
+            )
+        return wait
 
     def _seconds(self, label: str, deadline: float) -> float:
         """The seconds the next HTTP exchange may take (its timeout, within the call's deadline);
@@ -341,8 +453,9 @@ class ClientCore:
             self.server_clock.observe(answer.headers.get("Date"), answer.sent_at, answer.received_at)
         return answer
 
-    def _decoded(self, path: str, answer: Answer) -> Any:
-        """The decoded JSON of a 2xx answer; the GeminiError for anything else."""
+    def _decoded(self, path: str, answer: Answer, credential: object = None) -> Any:
+        """The decoded JSON of a 2xx answer; the GeminiError for anything else. `credential` is what
+        the request's headers carried (its nonce, its token)."""
         status = answer.status
         if not 200 <= status < 300:
             error = error_from_response(status, answer.headers, answer.body)
@@ -350,7 +463,10 @@ class ClientCore:
                 self._count(HTTP_429)
                 if self._limiter is not None:
                     # Every process on the host that uses the key holds back, not only this one.
-                    self._limiter.penalize(error.retry_after or RATE_LIMITED_PAUSE_SECONDS)
+                    pause = error.retry_after or RATE_LIMITED_PAUSE_SECONDS
+                    self._limiter.penalize(pause * (1.0 + random.uniform(0.0, RATE_LIMITED_PAUSE_JITTER)))
+            elif error.kind == "invalid_nonce":
+                self._auth.refused(credential)
             if self.oauth is not None and error.kind == "missing_role":
                 # Under OAuth the token's scope is what is missing (Gemini names roles and scopes alike).
                 needed = REQUIRED_SCOPE.get(path, "a scope")
@@ -472,11 +588,15 @@ class GeminiClient(ClientCore):
     `server_clock` holds the offset of the exchange's clock from ours, learnt from the Date header of
     every answer.
 
+    `coordinator` (coordination.RedisCoordinator, made for the same key, rate and burst) moves the
+    key's token bucket and counter nonces to Redis, shared with every host.
+
     Give `api_key` and `api_secret` (HMAC signing with nonces), or `oauth` (an OAuthSession: Bearer
     tokens, no nonce, the token refreshed before it expires and once more after a 401).
     """
 
     def _open_transport(self, sleep: Sleep) -> None:
+        self._sleep = sleep
         self._session: requests.Session | None = None
         self._session_lock = threading.Lock()
         self._retrying = tenacity.Retrying(sleep=sleep, **self._retry_policy())
@@ -505,15 +625,16 @@ class GeminiClient(ClientCore):
             return self._session
 
     def _attempt(self, path: str, fields: Mapping[str, Any], deadline: float) -> Any:
-        if self._limiter is not None:
-            self._limiter.acquire()
+        wait = self._reserve_turn(path, deadline)
+        if wait > 0.0:
+            self._sleep(wait)
         headers, credential = self._auth.headers(path, fields)
         answer = self._exchange(path, self.base_url + path, headers, None, deadline)
         if answer.status == 401 and self._auth.renew(credential):
             # OAuth: Gemini refused the access token (revoked, expired early): refresh once, resend.
-            headers, _ = self._auth.headers(path, fields)
+            headers, credential = self._auth.headers(path, fields)
             answer = self._exchange(path, self.base_url + path, headers, None, deadline)
-        return self._decoded(path, answer)
+        return self._decoded(path, answer, credential)
 
     def _exchange(
         self, label: str, url: str, headers: Mapping[str, str], body: bytes | None, deadline: float

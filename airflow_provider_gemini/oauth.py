@@ -356,6 +356,9 @@ class BearerAuth:
             return False
         return self.session.renew_after_401(self._post, used) is not None
 
+    def refused(self, used: object) -> None:
+        """OAuth requests carry no nonce: nothing to move."""
+
 
 def check_scope(label: str, path: str, scopes: tuple[str, ...] | None) -> None:
     """Refuse, before sending, a request whose token lacks the endpoint's scope (when scopes are known)."""

@@ -26,7 +26,16 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-__all__ = ["Answer", "AttemptDeadline", "DeadlineAdapter", "Failure", "ServerClock", "open_session", "send"]
+__all__ = [
+    "Answer",
+    "AttemptDeadline",
+    "DeadlineAdapter",
+    "Failure",
+    "ServerClock",
+    "open_session",
+    "send",
+    "server_clock",
+]
 
 BODY_CHUNK_BYTES = 64 * 1024
 
@@ -313,3 +322,27 @@ class ServerClock:
         """Seconds the exchange's clock is ahead of ours (negative: behind); None before any Date."""
         bounds = self._bounds
         return None if bounds is None else (bounds[0] + bounds[1]) / 2.0
+
+    def correction(self) -> float | None:
+        """The least change that puts our clock within what the exchange's Dates allow: 0 while they
+        agree with ours (so hosts that agree with each other stay as they are), else the nearest edge
+        of the offset's interval, which narrows towards the true offset answer after answer; None
+        before any Date."""
+        bounds = self._bounds
+        if bounds is None:
+            return None
+        low, high = bounds
+        return low if low > 0.0 else high if high < 0.0 else 0.0
+
+
+_clocks: dict[str, ServerClock] = {}
+_clocks_lock = threading.Lock()
+
+
+def server_clock(base_url: str) -> ServerClock:
+    """The process's one ServerClock for an exchange: every client of it learns from and uses it."""
+    with _clocks_lock:
+        clock = _clocks.get(base_url)
+        if clock is None:
+            clock = _clocks[base_url] = ServerClock()
+        return clock

@@ -35,7 +35,7 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 
 # Sections keep this order in RESULTS.md whichever script ran last.
-SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "parse", "memory", "triggers")
+SECTION_ORDER = ("per_cancel", "cold_start", "bulk", "parse", "memory", "triggers", "hosts")
 
 RESULTS_PREAMBLE = """# Benchmark results
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The Debian packages the test tiers need; `make test` runs this and it does nothing once they are there:
 # - Chromium for the browser tier, driven by Playwright through its executable_path (no browser download);
+# - redis-server for the cross-host budget tests;
 # - PostgreSQL, Redis and libfaketime for the cluster tier (CeleryExecutor, two workers, one of them with
 #   a skewed clock). The tests start PostgreSQL and Redis by hand in temp dirs on 127.0.0.1 (PostgreSQL
 #   as the `postgres` user the package creates); the packages' system services are never used.

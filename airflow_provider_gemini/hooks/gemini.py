@@ -155,6 +155,9 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
         "timeout": _timeout(fail, extra),
         **_tuning(fail, extra),
     }
+    coordinator = _coordinator(fail, conn_id, extra, login, common)
+    if coordinator is not None:
+        common["coordinator"] = coordinator
     if oauth:
         return {"oauth": _oauth_session(fail, conn_id, login, password, base_url, extra), **common}
     return {
@@ -172,6 +175,85 @@ def _text_extra(fail: Fail, extra: Mapping[str, Any], name: str) -> str | None:
     if not isinstance(value, str) or value.strip().split() != [value.strip()]:
         raise fail(f"{name} (extra): expected one word of text, got a {type(value).__name__}")
     return value.strip()
+
+
+def _coordinator(
+    fail: Fail, conn_id: str, extra: Mapping[str, Any], identity: str, tuning: Mapping[str, Any]
+) -> Any:
+    """The key's RedisCoordinator from the extra `redis_url` or `redis_conn_id` (a connection of type
+    redis: host, port, login, password, extra db and ssl); None when neither is set (the default)."""
+    url = extra.get("redis_url")
+    redis_conn_id = _text_extra(fail, extra, "redis_conn_id")
+    if _blank(url) and redis_conn_id is None:
+        return None
+    from airflow_provider_gemini.coordination import INSTALL_HINT, RedisSettings, shared_coordinator
+
+    field = "redis_url" if redis_conn_id is None else "redis_conn_id"
+    if not _blank(url) and redis_conn_id is not None:
+        raise fail("redis_url, redis_conn_id (extra): give one of them, not both")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise fail(
+            f"{field} (extra): the shared Redis budget needs the redis package: {INSTALL_HINT}"
+        ) from None
+    where = f"{field} (extra of Gemini connection {conn_id!r})"
+    if redis_conn_id is None:
+        if not isinstance(url, str):
+            raise fail(f"redis_url (extra): expected a redis:// or rediss:// URL, got a {type(url).__name__}")
+        mask_secret(url.strip())
+        try:
+            settings = RedisSettings.from_url(url.strip(), where)
+        except ValueError as err:
+            raise fail(str(err).replace(where, "redis_url (extra)", 1)) from None
+    else:
+        settings = _redis_connection(fail, redis_conn_id, where)
+    if settings.password:
+        mask_secret(settings.password)
+    return shared_coordinator(
+        settings, identity, tuning.get("rate_limit_per_minute") or 600, tuning.get("burst", 5)
+    )
+
+
+def _redis_connection(fail: Fail, redis_conn_id: str, where: str) -> Any:
+    """RedisSettings from the Airflow connection `redis_conn_id` (type redis, as the Redis provider's)."""
+    from airflow_provider_gemini.coordination import RedisSettings
+
+    try:
+        conn = BaseHook.get_connection(redis_conn_id)
+    except Exception:
+        raise fail(f"redis_conn_id (extra): no Airflow connection {redis_conn_id!r} can be read") from None
+    if str(conn.conn_type or "").lower() != "redis":
+        raise fail(
+            f"redis_conn_id (extra): connection {redis_conn_id!r} has type {conn.conn_type!r}, not redis"
+        )
+    extra = conn.extra_dejson if isinstance(conn.extra_dejson, Mapping) else {}
+    db, ssl = extra.get("db", 0), extra.get("ssl", False)
+    if isinstance(db, str) and db.strip().isdigit():
+        db = int(db)
+    if isinstance(ssl, str) and ssl.strip().lower() in ("true", "false"):
+        ssl = ssl.strip().lower() == "true"
+    if not isinstance(ssl, bool):
+        raise fail(
+            f"redis_conn_id (extra): connection {redis_conn_id!r} has extra ssl {ssl!r}, not true or false"
+        )
+    password = None if _blank(conn.password) else str(conn.password)
+    if password:
+        mask_secret(password)
+    try:
+        return RedisSettings(
+            host="" if _blank(conn.host) else str(conn.host).strip(),
+            port=int(conn.port) if conn.port else 6379,
+            db=db,
+            username=None if _blank(conn.login) else str(conn.login).strip(),
+            password=password,
+            ssl=ssl,
+            setting=where,
+        )
+    except ValueError as err:
+        raise fail(
+            str(err).replace(where, f"redis_conn_id (extra): connection {redis_conn_id!r}", 1)
+        ) from None
 
 
 def _oauth_session(
@@ -293,7 +375,8 @@ class GeminiHook(BaseHook):
     (or "off"), `burst`, `max_attempts`, `watch_share` (the part of the key's rate limit that
     deferred sensors may poll with); `audit_trail` (where the audit trail goes: "default", a path
     or an ObjectStoragePath URL; off when empty) and `audit_trail_conn_id` (the connection an
-    object store's URL is opened with).
+    object store's URL is opened with); `redis_url` or `redis_conn_id` (the key's rate budget and
+    counter nonces shared on Redis by every host; off when empty, see coordination.py).
     """
 
     conn_name_attr = "gemini_conn_id"

@@ -1,5 +1,7 @@
 """One key, several processes on one host, no configuration: together they stay under the key's rate
-limit (the token bucket is a state file they share), and a 429 holds every one of them back."""
+limit (the token bucket is a state file they share), and a 429 holds every one of them back. Across
+hosts (a private state directory each), with one host's clock 2 s fast, every cancel still succeeds:
+nonces move onto the exchange's clock, past what the other host sent, and 429s slow both hosts."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from airflow_provider_gemini.testing.exchange import GeminiExchange
 
@@ -28,29 +32,40 @@ with GeminiClient(key, secret, base_url=url) as client:
 """
 
 
-def run_workers(exchange: GeminiExchange, tmp_path: Path, groups: list[list[str]]) -> list[str]:
-    """Start one process per group of ids, release them at once, and return their outputs."""
+SITECUSTOMIZE = """
+import os, time
+_offset = float(os.environ.get("TEST_CLOCK_OFFSET_S") or 0)
+if _offset:
+    _time, _time_ns = time.time, time.time_ns
+    time.time = lambda: _time() + _offset
+    time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
+"""
+
+
+def run_workers(
+    exchange: GeminiExchange, tmp_path: Path, groups: list[list[str]], hosts: int = 1, fast_s: float = 0.0
+) -> list[str]:
+    """Start one process per group of ids (group i on host i % hosts; the last host's clock `fast_s`
+    ahead), release them at once, and return their outputs."""
     go = tmp_path / "go"
-    env = {**os.environ, "GEMINI_PROVIDER_STATE_DIR": str(tmp_path / "state")}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                WORKER,
-                exchange.url,
-                str(exchange.api_key),
-                str(exchange.api_secret),
-                str(go),
-                *ids,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    procs = []
+    for index, ids in enumerate(groups):
+        host = index % hosts
+        env = {
+            **os.environ,
+            "GEMINI_PROVIDER_STATE_DIR": str(tmp_path / f"state-{host}"),
+            "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+            "TEST_CLOCK_OFFSET_S": str(fast_s if host == hosts - 1 and hosts > 1 else 0.0),
+        }
+        argv = [sys.executable, "-c", WORKER, exchange.url, str(exchange.api_key), str(exchange.api_secret)]
+        procs.append(
+            subprocess.Popen(
+                [*argv, str(go), *ids], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
         )
-        for ids in groups
-    ]
     time.sleep(1.0)  # every process imported and waiting
     go.write_text("go")
     outputs = []
@@ -88,3 +103,42 @@ def test_a_429_holds_back_every_process_of_the_key(gemini_exchange: GeminiExchan
     # would have sent about twenty.
     assert len(held) <= 2, held
     assert ex.count(status=429) == 1
+
+
+def test_two_hosts_on_one_key_one_of_them_2_s_fast_cancel_every_order(
+    gemini_exchange: GeminiExchange, tmp_path: Path
+) -> None:
+    """Two hosts x two processes, no shared state between the hosts and no setting: each host alone
+    would pace at the key's whole rate and sign nonces 2 s apart from the other."""
+    ex = gemini_exchange
+    ids = [str(ex.place_order(ex.api_key)["order_id"]) for _ in range(60)]
+    others = [str(ex.place_order(ex.api_key)["order_id"]) for _ in range(5)]
+    outputs = run_workers(ex, tmp_path, [ids[i::4] for i in range(4)], hosts=2, fast_s=2.0)
+    assert all(ex.order(oid)["is_cancelled"] for oid in ids)
+    assert all(ex.order(oid)["is_live"] for oid in others)
+    cancelled = {str(e.payload.get("order_id")) for e in ex.journal if e.path == CANCEL}
+    assert cancelled == set(ids)
+    refused = sum(1 for e in ex.journal if e.reason == "InvalidNonce")
+    print(f"two hosts, one 2 s fast: {ex.count(status=429)} x 429, {refused} x InvalidNonce, {outputs}")
+
+
+def test_a_call_whose_turn_comes_after_its_deadline_ends_rate_limited_without_sending(
+    gemini_exchange: GeminiExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 with Retry-After: 5 holds the host's key back for 5 s: a call with 1 s left says so at
+    once rather than sending into the limit or reporting a missing answer."""
+    from airflow_provider_gemini.client import GeminiClient
+    from airflow_provider_gemini.exceptions import RateLimitedError
+
+    ex = gemini_exchange
+    monkeypatch.setenv("GEMINI_PROVIDER_STATE_DIR", str(tmp_path / "state"))
+    first, second = (str(ex.place_order(ex.api_key)["order_id"]) for _ in range(2))
+    ex.inject_fault("rate_limit", path=CANCEL, count=1, retry_after=5)
+    with GeminiClient(ex.api_key, ex.api_secret, base_url=ex.url, call_timeout=1.0) as client:
+        with pytest.raises(RateLimitedError):
+            client.cancel_order(first)
+        sent = len(ex.journal)
+        with pytest.raises(RateLimitedError, match=r"next turn on this host is [\d.]+ s away, past the call"):
+            client.cancel_order(second)
+    assert len(ex.journal) == sent
+    assert ex.order(second)["is_live"]

@@ -92,6 +92,8 @@ def test_providers_manager_discovers_version_and_connection_type(airflow_home: d
                 "max_attempts",
                 "nonce_mode",
                 "rate_limit_per_minute",
+                "redis_conn_id",
+                "redis_url",
                 "refresh_token",
                 "refresh_token_variable",
                 "timeout",

@@ -482,11 +482,19 @@ def test_several_deferred_sensors_in_one_dags_test_run(
     def asked(oid: str) -> int:
         return sum(1 for e in ex.journal if e.path == STATUS and str(e.payload.get("order_id")) == oid)
 
+    def next_polled() -> str | None:
+        return next((oid for oid in ids if oid in waiting and asked(oid) >= 2), None)
+
+    waiting = set(ids)
     with pool:
-        # dags test runs the mapped sensors one after another. An order goes once its sensor's poke
-        # and then its trigger have asked about it, so each sensor defers before its order leaves.
-        for oid in ids:
-            wait_until(lambda oid=oid: asked(oid) >= 2, future, f"the trigger's poll of {oid}")
+        # dags test runs the mapped sensors one after another, in an order of its own (not always by
+        # map index). An order goes once its sensor's poke and then its trigger have asked about it,
+        # so each sensor defers before its order leaves.
+        while waiting:
+            wait_until(lambda: next_polled() is not None, future, f"a trigger's poll of one of {waiting}")
+            oid = next_polled()
+            assert oid is not None
+            waiting.discard(oid)
             ex.cancel_by_exchange(oid, "Requested")
         result = future.result(timeout=300)
     output = result.stdout + result.stderr
