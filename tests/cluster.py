@@ -375,6 +375,8 @@ class Cluster:
     def __init__(self, root: Path, dags: Path, extra: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.workers: dict[str, Worker] = {}
+        # Environment for the workers alone, set before start_worker (what needs the Redis URL, say).
+        self.worker_extra: dict[str, str] = {}
         self.postgres: Postgres | None = None
         self.redis: Redis | None = None
         self.airflow: Deployment | None = None
@@ -421,7 +423,7 @@ class Cluster:
         old = self.workers.pop(name, None)
         if old is not None:
             old.stop()
-        env = dict(self.api.env)
+        env = {**self.api.env, **self.worker_extra}
         clock = "host"
         if clock_offset:
             skew, clock = clock_offset_env(clock_offset)
