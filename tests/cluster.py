@@ -41,7 +41,7 @@ from airflow_run import AIRFLOW
 from deployment import Deployment, free_port
 
 TESTS = Path(__file__).resolve().parent
-CLOCK_DIR = TESTS / "cluster_clock"
+CLOCK_DIR = TESTS / "fake_clock"
 PG_USER = "airflow"
 PG_DB = "airflow"
 FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"
@@ -53,13 +53,13 @@ HEARTBEAT_TIMEOUT = 20
 def clock_offset_env(seconds: float) -> tuple[dict[str, str], str]:
     """Environment that runs a worker's processes with a wall clock `seconds` off (monotonic clocks
     stay real: only a host's time of day is wrong), and which way: libfaketime when it works for
-    Python here, else tests/cluster_clock/sitecustomize.py (Debian 12's libfaketime 0.9.10 breaks
+    Python here, else tests/fake_clock/sitecustomize.py (Debian 12's libfaketime 0.9.10 breaks
     Python 3.11's sleeps and timed waits; see that file)."""
     for lib in sorted(glob.glob(FAKETIME_LIBS)):
         env = {"LD_PRELOAD": lib, "FAKETIME": f"{seconds:+g}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         if abs(measure_clock_offset(env) - seconds) < 0.5:
             return env, "libfaketime"
-    return {"GEMINI_TEST_CLOCK_OFFSET": str(seconds)}, "sitecustomize"
+    return {"FAKE_CLOCK_OFFSET_S": str(seconds)}, "sitecustomize"
 
 
 CLOCK_PROBE = "import threading, time; time.sleep(0.01); threading.Event().wait(0.01); print(time.time())"

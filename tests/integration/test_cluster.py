@@ -9,7 +9,7 @@ It prints what it measured: wall time, 429 and InvalidNonce answers, the share o
 
 - plain: both hosts on the host clock;
 - skewed: one host's clock 2 s ahead (libfaketime, or a Python-level offset where libfaketime breaks
-  Python; see tests/cluster_clock/sitecustomize.py), then the same with
+  Python; see tests/fake_clock/sitecustomize.py), then the same with
   the exchange's clock 2 s behind as well;
 - redis: the plain and the skewed runs again on a connection with the `redis_url` extra (the Celery
   broker's Redis), held to issue 18's bar: under 1 % 429s, at least 90 % of the key's rate;
@@ -224,7 +224,7 @@ def skew_host_b(tier: Tier) -> None:
     print(f"\nhost-b's clock ({worker.clock}): {offset:+.2f} s")
     assert 1.5 < offset < 2.5, offset
     environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
-    marker = b"FAKETIME=+2s" if worker.clock == "libfaketime" else b"GEMINI_TEST_CLOCK_OFFSET=2.0"
+    marker = b"FAKETIME=+2s" if worker.clock == "libfaketime" else b"FAKE_CLOCK_OFFSET_S=2.0"
     assert marker in environ
 
 
