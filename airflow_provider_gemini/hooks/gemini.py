@@ -155,7 +155,9 @@ def client_kwargs(conn: Any, extra: Mapping[str, Any] | None = None) -> dict[str
         "timeout": _timeout(fail, extra),
         **_tuning(fail, extra),
     }
-    coordinator = _coordinator(fail, conn_id, extra, login, common)
+    # The budget is kept per sender, as the client keys it: the API key, or the OAuth app (no nonces).
+    identity = f"oauth:{login}" if oauth else login
+    coordinator = _coordinator(fail, conn_id, extra, identity, common)
     if coordinator is not None:
         common["coordinator"] = coordinator
     if oauth:

@@ -422,6 +422,16 @@ def test_hook_builds_the_coordinator_from_redis_url(redis_server: RedisServer) -
     assert "coordinator" not in client_kwargs(gemini_conn())
 
 
+def test_an_oauth_connection_shares_its_app_s_budget_on_redis(redis_server: RedisServer) -> None:
+    """OAuth requests carry no nonce, but the app's rate budget is shared like a key's."""
+    kwargs = client_kwargs(
+        gemini_conn(auth_type="oauth", refresh_token="first-refresh-token", redis_url=redis_server.url)
+    )
+    client = GeminiClient(**kwargs)
+    assert client._limiter is kwargs["coordinator"]
+    assert kwargs["coordinator"].serves("oauth:account-hook-redis")
+
+
 def test_hook_builds_the_coordinator_from_a_redis_connection(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
