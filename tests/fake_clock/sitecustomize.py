@@ -2,10 +2,10 @@
 directory first on PYTHONPATH, every Python process there imports `sitecustomize` at start-up, before
 any module could keep a reference to the real functions.
 
-The cluster tier uses it where libfaketime cannot serve: Debian 12's libfaketime 0.9.10 breaks Python 3.11's
-waits (with FAKETIME_DONT_FAKE_MONOTONIC=1 `time.sleep` raises OSError EINVAL; without it
-`threading.Event().wait(timeout)` never returns). Only `time.time` and `time.time_ns` move, which is
-what the provider's nonces and clocks read; `datetime.now()` keeps the real time.
+The cluster tier uses it where libfaketime cannot serve: Debian 12's libfaketime 0.9.10 breaks
+Python 3.11's waits (with FAKETIME_DONT_FAKE_MONOTONIC=1 `time.sleep` raises OSError EINVAL; without
+it `threading.Event().wait(timeout)` never returns). Only `time.time` and `time.time_ns` move, which
+is what the provider's nonces and clocks read; `datetime.now()` keeps the real time.
 """
 
 from __future__ import annotations
