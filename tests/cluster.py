@@ -39,6 +39,7 @@ from typing import Any
 
 from airflow_run import AIRFLOW
 from deployment import Deployment, free_port
+from redis_server import RedisServer
 
 TESTS = Path(__file__).resolve().parent
 CLOCK_DIR = TESTS / "fake_clock"
@@ -231,70 +232,6 @@ def _version(path: str) -> tuple[int, ...]:
     return tuple(int(p) for p in part.split(".") if p.isdigit())
 
 
-class Redis:
-    """redis-server on 127.0.0.1:`port`, no persistence, its dir `root`."""
-
-    def __init__(self, root: Path) -> None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise RuntimeError("redis-server is missing: run `sh scripts/install-system-packages.sh` as root")
-        root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = root / "redis.log"
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                str(root),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        try:
-            self._wait()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait(self) -> None:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, f"redis-server exited:\n{self.log_path.read_text()}"
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"redis did not come up:\n{self.log_path.read_text()}") from None
-                time.sleep(0.1)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            _reap(self.proc)
-        kill_session(self.proc.pid)
-        _reap(self.proc)
-
-
 class Worker:
     """One `airflow celery worker`, standing for host `name`: its own temp, state and log dirs."""
 
@@ -378,11 +315,11 @@ class Cluster:
         # Environment for the workers alone, set before start_worker (what needs the Redis URL, say).
         self.worker_extra: dict[str, str] = {}
         self.postgres: Postgres | None = None
-        self.redis: Redis | None = None
+        self.redis: RedisServer | None = None
         self.airflow: Deployment | None = None
         try:
             self.postgres = Postgres()
-            self.redis = Redis(root / "redis")
+            self.redis = RedisServer(root / "redis").start()
             # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3: name the driver.
             result_backend = f"db+postgresql+psycopg2://{PG_USER}@127.0.0.1:{self.postgres.port}/{PG_DB}"
             env = {
