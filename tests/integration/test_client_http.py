@@ -325,6 +325,23 @@ def test_time_nonce_keys_work_with_time_mode(
     assert len(str(nonces[0])) == 10 and nonces[1] > nonces[0]
 
 
+def test_a_time_nonce_host_100_s_behind_the_exchange_signs_on_its_clock_after_one_answer(
+    gemini_exchange_factory: MakeExchange,
+) -> None:
+    """Beyond Gemini's 30 s window the first request is refused; its answer's Date moves the retry
+    (and every later request) onto the exchange's clock."""
+    ahead = gemini_exchange_factory(clock_offset=100.0)
+    ahead.add_key("account-time-far", "time-secret", nonce_mode="time")
+    with GeminiClient(
+        "account-time-far", "time-secret", base_url=ahead.url, nonce_mode="time", rate_limit_per_minute=None
+    ) as client:
+        assert client.roles().is_trader
+        assert client.heartbeat() == {"result": "ok"}
+    first, *rest = ahead.journal
+    assert first.reason == "InvalidNonce" and [entry.status for entry in rest] == [200, 200]
+    assert all(abs(entry.nonce - (entry.time + 100.0)) <= 3 for entry in rest)
+
+
 def test_pacing_keeps_a_client_under_the_exchange_limit(
     gemini_exchange_factory: MakeExchange, key: tuple[str, str]
 ) -> None:
