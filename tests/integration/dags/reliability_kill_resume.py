@@ -32,10 +32,13 @@ with DAG(dag_id="reliability_timeout", schedule=None, catchup=False):
 
 # The same sweep as a scheduler runs it with retries: try 1 is cut off by its execution_timeout while
 # the exchange answers slowly, and Airflow runs try 2 (the deployment tier; the trail holds both).
+# The test's sweep is at least 11.6 s of work (20 cancels answered 0.5 s late, then 20 more paced at
+# 600/min), so a 10 s timeout always cuts try 1, and try 2's share (about 2 s, plus what both tries
+# spend inside execute before their first cancel on a loaded machine) fits its own 10 s with room.
 with DAG(dag_id="reliability_timeout_retried", schedule=None, catchup=False):
     GeminiCancelStaleOrdersOperator(
         **{**SWEEP, "symbols": ["ethusd"], "retries": 1},
         retry_delay=timedelta(seconds=1),
-        execution_timeout=timedelta(seconds=6),
+        execution_timeout=timedelta(seconds=10),
         deadline=timedelta(minutes=5),
     )
