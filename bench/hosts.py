@@ -163,6 +163,7 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     """A redis-server on 127.0.0.1 for the redis design, if installed and the package has the option."""
     server = shutil.which("redis-server")
     if server is None or not (REPO_ROOT / "airflow_provider_gemini" / "coordination.py").exists():
+        print("redis design left out: no redis-server (make system-packages installs it)", flush=True)
         return None
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -173,8 +174,19 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str] | None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(0.5)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"redis-server on port {port} did not answer PING")
+        time.sleep(0.05)
 
 
 def main() -> int:
