@@ -89,9 +89,10 @@ def test_a_429_holds_back_every_process_of_the_key(gemini_exchange: GeminiExchan
     journal = [e for e in ex.journal if e.path == CANCEL]
     limited = next(e for e in journal if e.status == 429)
     held = [e.time - limited.time for e in journal if 0 < e.time - limited.time < 2.0]
-    # Only what the two other processes had already sent can arrive in those 2 s; pacing alone, they
-    # would have sent about twenty.
-    assert len(held) <= 2, held
+    # Only what left before the pause landed can arrive in those 2 s: the two other processes' requests
+    # in flight, and one more that took the last of the bucket's 4 tokens in the milliseconds between
+    # the 429's answer and its process's penalize. Pacing alone, they would have sent about twenty.
+    assert len(held) <= 3, held
     assert ex.count(status=429) == 1
 
 

@@ -262,6 +262,20 @@ def test_mapped_deferred_sensors_share_one_poller_in_the_triggerer(
     while sensor_states() != ["deferred"] * 4:
         assert time.monotonic() < deadline, (sensor_states(), airflow.logs("scheduler"))
         time.sleep(0.5)
+
+    def deferral_handled(index: int) -> bool:
+        # The scheduler has taken the executor's event for the deferring try. A trigger that fires
+        # before that makes Airflow 3.3.2 fail the re-queued task ("state changed externally"): a
+        # race of its own, met on a loaded machine when a deferring worker took 5 s to exit.
+        prefix = f"TaskInstance Finished: dag_id={dag_id}, task_id={SENSOR_TASK}, run_id={run_id}, "
+        return any(
+            f"{prefix}map_index={index}," in line and "state=deferred" in line
+            for line in airflow.logs("scheduler", tail=10**9).splitlines()
+        )
+
+    while not all(deferral_handled(index) for index in range(4)):
+        assert time.monotonic() < deadline, airflow.logs("scheduler")
+        time.sleep(0.5)
     since = time.time()
     # Watch a few rounds of the triggerer alone (the worker pokes are over), then let the orders go.
     while sum(1 for e in exchange.journal if e.path == "/v1/orders" and e.time > since) < 4:
