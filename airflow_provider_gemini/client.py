@@ -165,13 +165,10 @@ class RateLimiter:
         per_minute: float,
         burst: int,
         *,
-        sleep: Sleep = time.sleep,
         clock: Clock = time.monotonic,
         state: StateFile | None = None,
     ) -> None:
-        self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
-        self.capacity = float(max(1, burst - 1))
-        self._sleep = sleep
+        self.rate, self.capacity = bucket_shape(per_minute, burst)
         self._clock = clock
         self._bucket = Bucket(self.capacity, clock())
         self._lock = threading.Lock()
@@ -242,30 +239,27 @@ class RateLimiter:
 
         self._update(pause)
 
-    def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds slept."""
-        wait = self.reserve()
-        if wait > 0.0:
-            self._sleep(wait)
-        return wait
+
+def bucket_shape(per_minute: float, burst: int) -> tuple[float, float]:
+    """The refill rate (a second) and capacity of a bucket that keeps a key's clients clear of
+    Gemini's: RATE_SAFETY_MARGIN under the rate, one token of the burst in reserve."""
+    return per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN), float(max(1, burst - 1))
 
 
-_limiters: dict[tuple[str, float, int, Sleep, Clock], RateLimiter] = {}
+_limiters: dict[tuple[str, float, int, Clock], RateLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
-def _shared_limiter(
-    api_key: str, per_minute: float, burst: int, *, sleep: Sleep, clock: Clock
-) -> RateLimiter:
+def _shared_limiter(api_key: str, per_minute: float, burst: int, *, clock: Clock) -> RateLimiter:
     """One limiter per key and setting in a process, its bucket shared by every process of the host
     through a state file (Gemini counts requests per key, not per client). An injected clock keeps
     the bucket in the process: another process cannot read that clock."""
     with _limiters_lock:
-        key = (api_key, per_minute, burst, sleep, clock)
+        key = (api_key, per_minute, burst, clock)
         limiter = _limiters.get(key)
         if limiter is None:
             state = StateFile(rate_file_name(api_key)) if clock is time.monotonic else None
-            limiter = _limiters[key] = RateLimiter(per_minute, burst, sleep=sleep, clock=clock, state=state)
+            limiter = _limiters[key] = RateLimiter(per_minute, burst, clock=clock, state=state)
         return limiter
 
 
@@ -361,7 +355,7 @@ class ClientCore:
             self._limiter = None
         else:
             self._limiter = _shared_limiter(
-                self._auth.identity, self.rate_limit_per_minute, burst, sleep=sleep, clock=clock
+                self._auth.identity, self.rate_limit_per_minute, burst, clock=clock
             )
         self.stats = ClientStats()
         self.metrics: Metrics = NO_METRICS if metrics is None else metrics

@@ -1,7 +1,7 @@
 """A key's rate budget and counter-nonce sequence shared by every process on every host, on Redis
 (the cluster's Celery broker, say). No Airflow; needs the `redis` extra.
 
-`RedisCoordinator` has client.RateLimiter's interface (reserve, acquire, penalize: the same bucket,
+`RedisCoordinator` has client.RateLimiter's interface (reserve, refund, penalize: the same bucket,
 paced RATE_SAFETY_MARGIN under the key's rate with one token of the burst in reserve) and a nonce
 source (`next_nonce`: max(Redis TIME in ms, last + 1)). Both are one Lua script, run atomically by
 Redis on Redis's clock, so hosts whose clocks disagree still agree on the turns and the nonces. The
@@ -19,13 +19,11 @@ import hashlib
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from airflow_provider_gemini.client import RATE_SAFETY_MARGIN
+from airflow_provider_gemini.client import bucket_shape
 
 if TYPE_CHECKING:
     import redis
@@ -265,7 +263,6 @@ class RedisCoordinator:
         burst: int = 5,
         ttl: int = DEFAULT_TTL_SECONDS,
         prefix: str = KEY_PREFIX,
-        sleep: Callable[[float], None] = time.sleep,
         client: redis.Redis | None = None,
     ) -> None:
         self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
@@ -280,12 +277,10 @@ class RedisCoordinator:
         self.key_hash = hashlib.sha256(api_key.encode()).hexdigest()
         self.per_minute = float(per_minute)
         self.burst = burst
-        self.rate = per_minute / 60.0 * (1.0 - RATE_SAFETY_MARGIN)
-        self.capacity = float(max(1, burst - 1))
+        self.rate, self.capacity = bucket_shape(per_minute, burst)
         self.ttl = ttl
         # One hash tag: on a Redis Cluster both keys of a script must live on one slot.
         self.keys = [f"{prefix}:{{{self.key_hash}}}:bucket", f"{prefix}:{{{self.key_hash}}}:nonce"]
-        self._sleep = sleep
         self._client = client
         self._script: Any = None
         self._lock = threading.Lock()
@@ -341,13 +336,6 @@ class RedisCoordinator:
     def reserve(self) -> float:
         """Take one token now and return the seconds until it is due (0 when one was there)."""
         return self._update("reserve")
-
-    def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds slept."""
-        wait = self.reserve()
-        if wait > 0.0:
-            self._sleep(wait)
-        return wait
 
     def penalize(self, seconds: float) -> None:
         """Gemini answered 429: no process on any host sends with this key for `seconds`."""

@@ -127,8 +127,8 @@ def test_an_older_single_number_state_file_is_continued(tmp_path: Path) -> None:
 
 
 def test_a_429_slows_the_pace_once_per_pause_and_the_pace_recovers(tmp_path: Path) -> None:
-    clock, slept = FakeClock(100.0), []
-    limiter = RateLimiter(600, 5, sleep=slept.append, clock=clock, state=StateFile("rate-test", tmp_path))
+    clock = FakeClock(100.0)
+    limiter = RateLimiter(600, 5, clock=clock, state=StateFile("rate-test", tmp_path))
     assert limiter.pace == 1.0
     limiter.penalize(1.0)
     assert limiter.pace == pytest.approx(PACE_BACKOFF)
@@ -152,7 +152,7 @@ def test_a_429_slows_the_pace_once_per_pause_and_the_pace_recovers(tmp_path: Pat
 def test_the_paced_rate_is_what_the_pace_says(tmp_path: Path) -> None:
     """At pace p the bucket hands out turns 1 / (p x rate) apart."""
     clock = FakeClock(100.0)
-    limiter = RateLimiter(600, 1, sleep=lambda s: None, clock=clock, state=StateFile("rate-p", tmp_path))
+    limiter = RateLimiter(600, 1, clock=clock, state=StateFile("rate-p", tmp_path))
     limiter.penalize(0.0)
     clock.now += 0.0001
     waits = [limiter.reserve() for _ in range(5)]
@@ -164,10 +164,7 @@ def test_another_process_sees_the_pause_and_the_slower_pace(tmp_path: Path) -> N
     """Two limiters on one state file stand for two processes of a host; the clock reads like a
     monotonic clock hours after boot, so the stored numbers are as long as they get."""
     clock = FakeClock(98765.43210987654)
-    one, two = (
-        RateLimiter(600, 5, sleep=lambda s: None, clock=clock, state=StateFile("rate-two", tmp_path))
-        for _ in range(2)
-    )
+    one, two = (RateLimiter(600, 5, clock=clock, state=StateFile("rate-two", tmp_path)) for _ in range(2))
     one.reserve()
     clock.now += 0.0123456789
     one.penalize(1.7)
